@@ -1,0 +1,9 @@
+"""Codecs: what a client sends instead of its dense update (see :mod:`fedsim.codecs.base`)."""
+
+from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo, payload_nbytes, validate_payload
+from .dense import Fp16, Identity
+
+__all__ = [
+    "Codec", "CodecContext", "Field", "Fp16", "Identity", "Payload", "PayloadError", "State",
+    "TensorInfo", "payload_nbytes", "validate_payload",
+]

@@ -1,0 +1,87 @@
+"""Apply a per-tensor codec to a whole model update.
+
+A model update is a list of float32 tensors described by :class:`TensorInfo`. Its
+payload is one flat ``dict`` whose keys are ``"<tensor index>.<field>"`` (e.g.
+``"0.x"``, ``"3.idx"``), which is what travels in a Flower ``ArrayRecord``; the
+per-tensor client state is flattened the same way for persistence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .base import Codec, CodecContext, Payload, PayloadError, State, TensorInfo, validate_payload
+
+
+def tensor_infos(named: Mapping[str, tuple[int, ...]] | Sequence[tuple[str, tuple[int, ...]]]) -> list[TensorInfo]:
+    """TensorInfo for each (name, shape), in order."""
+    items = named.items() if isinstance(named, Mapping) else named
+    return [TensorInfo(str(name), tuple(int(d) for d in shape)) for name, shape in items]
+
+
+def contexts(n: int, seed: int, round_: int, client: int) -> list[CodecContext]:
+    """One codec context per tensor: (seed, round, client, tensor index)."""
+    return [CodecContext(seed, round_, client, i) for i in range(n)]
+
+
+def flatten(per_tensor: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """[{field: array}] -> {"i.field": array}."""
+    return {f"{i}.{k}": v for i, d in enumerate(per_tensor) for k, v in d.items()}
+
+
+def unflatten(flat: Mapping[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
+    """{"i.field": array} -> [{field: array}] for i < n; any other key is an error."""
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
+    for key, value in flat.items():
+        index, sep, field = key.partition(".")
+        if not sep or not index.isdigit() or int(index) >= n or not field:
+            raise PayloadError(f"unexpected payload key {key!r} for a model of {n} tensors")
+        out[int(index)][field] = value
+    return out
+
+
+def init_states(codec: Codec, infos: Sequence[TensorInfo]) -> list[State]:
+    """Fresh codec state for every tensor."""
+    return [codec.init(info) for info in infos]
+
+
+def encode_update(
+    codec: Codec,
+    update: Sequence[np.ndarray],
+    infos: Sequence[TensorInfo],
+    states: Sequence[State],
+    seed: int,
+    round_: int,
+    client: int,
+) -> tuple[Payload, list[State]]:
+    """Encode every tensor of ``update``; return the flat payload and the new states."""
+    payloads, new_states = [], []
+    for x, info, state, ctx in zip(update, infos, states, contexts(len(infos), seed, round_, client)):
+        p, s = codec.encode(np.asarray(x, dtype=np.float32).reshape(info.shape), state, ctx)
+        payloads.append(p)
+        new_states.append(s)
+    return flatten(payloads), new_states
+
+
+def validate_update(codec: Codec, flat: Payload, infos: Sequence[TensorInfo]) -> list[Payload]:
+    """Split and validate a flat payload; raise PayloadError naming the first fault."""
+    parts = unflatten(flat, len(infos))
+    for part, info in zip(parts, infos):
+        validate_payload(codec, part, info)
+    return parts
+
+
+def decode_update(
+    codec: Codec,
+    flat: Payload,
+    infos: Sequence[TensorInfo],
+    seed: int,
+    round_: int,
+    client: int,
+) -> list[np.ndarray]:
+    """Validate, then decode every tensor of a flat payload."""
+    parts = validate_update(codec, flat, infos)
+    ctxs = contexts(len(infos), seed, round_, client)
+    return [codec.decode(p, info, ctx) for p, info, ctx in zip(parts, infos, ctxs)]
