@@ -1,0 +1,1 @@
+"""Flower ClientApps and local trainers (installed as ``fedsim.clients``)."""

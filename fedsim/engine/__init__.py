@@ -1,0 +1,1 @@
+"""The run engine: the server loop, the strategy wrapper, the simulation runner."""

@@ -1,0 +1,1 @@
+"""Flower server strategies (installed as ``fedsim.strategies``)."""
