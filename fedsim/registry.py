@@ -114,7 +114,7 @@ class Registry(Generic[T]):
         """
         factory: Any = self.get(ref)
         params = dict(params or {})
-        check_params(f"{self.kind} {ref!r}", factory, params)
+        check_params(f"{self.kind} {ref!r}", getattr(factory, "params_target", factory), params)
         return factory(**fixed, **params)
 
 

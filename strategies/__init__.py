@@ -1,1 +1,55 @@
-"""Flower server strategies (installed as ``fedsim.strategies``)."""
+"""Server strategies, installed as ``fedsim.strategies``.
+
+Flower's own message-API strategies are registered under their lower-case names with
+fedsim's sampling defaults (fedsim samples the clients itself, seeded, and evaluates
+on the server; the inner strategy takes every node it is shown and skips federated
+evaluation unless told otherwise). FedProx and QFedAvg are not registered: their
+client side (the proximal term, q-weighted losses) is not what fedsim's client runs.
+fedsim's own strategies live in sibling modules, one algorithm each.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from flwr.serverapp import strategy as fl
+
+from fedsim.registry import STRATEGIES
+
+FEDSIM_DEFAULTS = {
+    "fraction_train": 1.0,
+    "fraction_evaluate": 0.0,
+    "min_train_nodes": 1,
+    "min_evaluate_nodes": 0,
+    "min_available_nodes": 1,
+}
+
+
+def flower_strategy(cls: type) -> Any:
+    """A factory for a Flower strategy class with fedsim's sampling defaults."""
+    accepted = inspect.signature(cls).parameters
+
+    def factory(**params: Any) -> Any:
+        defaults = {k: v for k, v in FEDSIM_DEFAULTS.items() if k in accepted}
+        return cls(**{**defaults, **params})
+
+    factory.params_target = cls  # type: ignore[attr-defined]  # what user params are checked against
+    factory.__doc__ = f"Flower's {cls.__name__} with fedsim's sampling defaults."
+    factory.__name__ = cls.__name__
+    return factory
+
+
+for _name, _cls in {
+    "fedavg": fl.FedAvg,
+    "fedavgm": fl.FedAvgM,
+    "fedadam": fl.FedAdam,
+    "fedyogi": fl.FedYogi,
+    "fedadagrad": fl.FedAdagrad,
+    "krum": fl.Krum,
+    "multikrum": fl.MultiKrum,
+    "bulyan": fl.Bulyan,
+    "fedmedian": fl.FedMedian,
+    "fedtrimmedavg": fl.FedTrimmedAvg,
+}.items():
+    STRATEGIES.add(_name, flower_strategy(_cls))

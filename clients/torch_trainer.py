@@ -1,0 +1,68 @@
+"""Local training with torch: minibatch SGD for a number of epochs, seeded."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+_THREADS_SET = False
+
+
+def one_thread() -> None:
+    """One torch thread per worker: with C actors on C cores, more threads only fight."""
+    global _THREADS_SET
+    if not _THREADS_SET:
+        torch.set_num_threads(1)
+        _THREADS_SET = True
+
+
+def get_weights(model: nn.Module) -> list[np.ndarray]:
+    return [t.detach().cpu().numpy().astype(np.float32, copy=True) for t in model.state_dict().values()]
+
+
+def set_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
+    sd = model.state_dict()
+    if len(sd) != len(weights):
+        raise ValueError(f"model has {len(sd)} tensors, got {len(weights)}")
+    model.load_state_dict({k: torch.from_numpy(np.asarray(w, dtype=np.float32)).reshape(v.shape)
+                           for (k, v), w in zip(sd.items(), weights)})
+
+
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float,
+          momentum: float, weight_decay: float, seed: int) -> dict[str, float]:
+    """Train in place; return num_examples, steps and the mean training loss."""
+    gen = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    total, steps = 0.0, 0
+    for _ in range(epochs):
+        perm = torch.randperm(len(xt), generator=gen)
+        for start in range(0, len(xt), batch_size):
+            b = perm[start:start + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(model(xt[b]), yt[b])
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+    return {"num-examples": float(len(x)), "steps": float(steps), "train-loss": total / max(steps, 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on (x, y)."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[start:start + batch_size])
+        yb = torch.from_numpy(y[start:start + batch_size])
+        out = model(xb)
+        loss_sum += float(loss_fn(out, yb))
+        correct += int((out.argmax(1) == yb).sum())
+    return loss_sum / len(x), correct / len(x)

@@ -1,0 +1,146 @@
+"""The ServerApp's body: discovery, the round loop, server-side evaluation, metrics.
+
+The loop calls the strategy through Flower's ``Strategy`` interface only
+(``configure_train`` -> ``Grid.send_and_receive`` -> ``aggregate_train``), as
+``Strategy.start`` does, so any Flower strategy runs; fedsim's own loop adds the
+discovery of client ids, seeded sampling, the progress display and the metrics rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedsim.attacks.base import attacker_ids
+from fedsim.config import ClientSpec, Config
+from fedsim.metrics import Recorder, summarize
+from fedsim.registry import CODECS, STRATEGIES
+from fedsim.wire import METRICS
+
+from .wrapper import FedsimWrapper
+
+log = logging.getLogger("fedsim")
+
+NODE_WAIT_S = 300.0
+
+
+def wait_for_nodes(grid: Grid, n: int, timeout: float = NODE_WAIT_S, poll: float = 0.2) -> list[int]:
+    """Block until ``n`` nodes are registered (Flower may start before all are)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= n:
+            return nodes
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(nodes)} of {n} nodes registered within {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def discover(grid: Grid, nodes: list[int], timeout: float) -> dict[int, int]:
+    """Ask every node for its client id (``partition-id``); return node -> client."""
+    msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+    mapping: dict[int, int] = {}
+    for reply in grid.send_and_receive(msgs, timeout=timeout):
+        if reply.has_error():
+            log.warning("node %d did not answer discovery: %s", reply.metadata.src_node_id, reply.error.reason)
+            continue
+        rec = reply.content.metric_records.get(METRICS)
+        if rec is None or "partition-id" not in rec:
+            log.warning("node %d sent a malformed discovery reply", reply.metadata.src_node_id)
+            continue
+        mapping[reply.metadata.src_node_id] = int(rec["partition-id"])
+    clients = sorted(mapping.values())
+    if len(set(clients)) != len(clients):
+        raise RuntimeError("two nodes report the same partition-id")
+    return mapping
+
+
+def build_wrapper(cfg: Config) -> FedsimWrapper:
+    """The inner strategy from the registry, wrapped with fedsim's wire."""
+    inner = STRATEGIES.build(cfg.strategy.name, cfg.strategy.params)
+    codec = CODECS.build(cfg.codec.name, cfg.codec.params)
+    attackers = {}
+    if cfg.attack is not None:
+        ids = cfg.attack.clients if cfg.attack.clients is not None else attacker_ids(
+            cfg.seed, cfg.data.num_clients, cfg.attack.count)
+        attackers = {i: cfg.attack for i in ids}
+    return FedsimWrapper(inner, codec, ClientSpec.from_config(cfg).to_json(), cfg.seed, cfg.clients_per_round,
+                         attackers=attackers, max_payload_ratio=cfg.simulation.max_payload_ratio)
+
+
+class Evaluator:
+    """Server-side evaluation of the global model on the held-out test set."""
+
+    def __init__(self, cfg: Config) -> None:
+        from fedsim.data.datasets import load_dataset
+        from fedsim.models import build_model
+
+        self.ds = load_dataset(cfg.data, cfg.seed)
+        self.model = build_model(cfg.model.name, cfg.model.params, self.ds.input_shape, self.ds.num_classes, cfg.seed)
+
+    def initial_arrays(self) -> ArrayRecord:
+        return ArrayRecord(self.model.state_dict())
+
+    def __call__(self, arrays: ArrayRecord) -> tuple[float, float]:
+        from fedsim.clients import torch_trainer as tt
+
+        tt.set_weights(self.model, arrays.to_numpy_ndarrays())
+        return tt.evaluate(self.model, self.ds.x_test, self.ds.y_test)
+
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Run every round of ``cfg`` on ``grid``; write metrics into ``run_dir``; return the summary."""
+    evaluator = Evaluator(cfg)
+    wrapper = build_wrapper(cfg)
+    n = cfg.data.num_clients
+    nodes = wait_for_nodes(grid, n)
+    mapping = discover(grid, nodes, timeout=cfg.simulation.round_timeout)
+    if len(mapping) < cfg.clients_per_round:
+        raise RuntimeError(f"only {len(mapping)} clients answered discovery; need {cfg.clients_per_round}")
+    wrapper.bind_nodes(mapping)
+
+    recorder = Recorder(run_dir)
+    arrays = evaluator.initial_arrays()
+    loss, acc = evaluator(arrays)
+    recorder.round({"round": 0, "test_accuracy": acc, "test_loss": loss, "bytes_up": 0, "bytes_down": 0, "wall_time": 0.0})
+    t_start = time.perf_counter()
+    try:
+        for rnd in range(1, cfg.rounds + 1):
+            msgs = wrapper.configure_train(rnd, arrays, ConfigRecord(), grid)
+            replies = grid.send_and_receive(msgs, timeout=cfg.simulation.round_timeout)
+            new_arrays, train_metrics = wrapper.aggregate_train(rnd, replies)
+            if new_arrays is not None:
+                arrays = new_arrays
+            s = wrapper.stats
+            row: dict[str, Any] = {
+                "round": rnd,
+                "train_loss": float(train_metrics["train-loss"]) if train_metrics and "train-loss" in train_metrics else None,
+                "sampled": s.sampled, "replied": s.replied, "rejected": s.rejected, "failed": s.failed,
+                "no_reply": s.sampled - s.replied - s.rejected - s.failed,
+                "bytes_up": s.bytes_up, "bytes_down": s.bytes_down,
+            }
+            row.update(getattr(wrapper, "extra_metrics", {}) or {})
+            if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+                row["test_loss"], row["test_accuracy"] = evaluator(arrays)
+            else:
+                row["test_loss"] = row["test_accuracy"] = None
+            row["wall_time"] = time.perf_counter() - t_start
+            row = recorder.round(row, s.clients)
+            if progress is not None:
+                progress(row)
+    finally:
+        recorder.close()
+    summary = summarize(recorder.rows, cfg.target_accuracy)
+    import json
+
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,72 @@
+"""Run an experiment on Flower's simulation engine (Ray), in this process.
+
+The ServerApp and ClientApp are the ones a real deployment runs; only the transport
+differs. One Ray actor per ``simulation.num_cpus_per_client`` CPUs (1 by default, so a
+2-core machine runs 2 clients at once, each with one torch thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from fedsim.config import Config
+
+from .server import Progress, run_server
+
+
+def quiet_environment(run_dir: Path) -> None:
+    """Environment that keeps Flower and Ray quiet and their files inside the run."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ["FLWR_HOME"] = str(run_dir / ".flwr")
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def backend_config(cfg: Config) -> dict[str, Any]:
+    init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
+    if cfg.simulation.ray_address:
+        init_args["address"] = cfg.simulation.ray_address
+    else:
+        init_args["num_cpus"] = os.cpu_count() or 1
+    return {
+        "init_args": init_args,
+        "client_resources": {"num_cpus": cfg.simulation.num_cpus_per_client, "num_gpus": 0.0},
+    }
+
+
+def simulate(cfg: Config, run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Run ``cfg`` through Flower + Ray; return the summary (re-raising a server error)."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from fedsim.clients.app import app as client_app
+
+    quiet_environment(run_dir)
+    if cfg.simulation.backend == "inprocess":
+        from .inprocess import InProcessGrid
+
+        return run_server(InProcessGrid(client_app, cfg.data.num_clients), cfg, run_dir, progress)
+    outcome: dict[str, Any] = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            outcome["summary"] = run_server(grid, cfg, run_dir, progress)
+        except BaseException as err:  # surfaced to the caller below
+            outcome["error"] = err
+            raise
+
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
+                   backend_config=backend_config(cfg))  # type: ignore[arg-type]
+    if "error" in outcome:
+        raise outcome["error"]
+    if "summary" not in outcome:
+        raise RuntimeError("the simulation ended without a result; see the log above")
+    return outcome["summary"]  # type: ignore[no-any-return]

@@ -1,0 +1,91 @@
+"""What crosses the wire, and the checks on everything that comes back.
+
+Instruction (server -> client), a fresh ``RecordDict`` per client:
+
+- ``"arrays"``: ``ArrayRecord``, the model (or model state) the client starts from;
+- ``"config"``: ``ConfigRecord`` with ``fedsim.spec`` (JSON of :class:`ClientSpec`),
+  ``fedsim.round``, ``fedsim.client`` (the client id), optionally ``fedsim.attack``
+  (JSON), plus whatever the inner strategy put there.
+
+Reply (client -> server):
+
+- ``"payload"``: ``ArrayRecord`` of the codec payload, keys ``"<tensor>.<field>"``;
+- ``"metrics"``: ``MetricRecord`` with ``num-examples`` (> 0), ``train-loss``, ``steps``.
+
+Flower's ``Array`` decodes with ``np.load(allow_pickle=False)``; on top of that, the
+serialized size of every reply is checked before anything is deserialised.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+from fedsim.codecs.base import PayloadError
+
+PAYLOAD = "payload"
+METRICS = "metrics"
+ARRAYS = "arrays"
+CONFIG = "config"
+SPEC_KEY = "fedsim.spec"
+ROUND_KEY = "fedsim.round"
+CLIENT_KEY = "fedsim.client"
+ATTACK_KEY = "fedsim.attack"
+REQUIRED_METRICS = ("num-examples", "train-loss")
+
+
+def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Numpy arrays -> ArrayRecord, keeping the keys."""
+    rec = ArrayRecord()
+    for key, value in arrays.items():
+        rec[key] = Array(np.ascontiguousarray(value))
+    return rec
+
+
+def record_nbytes(rec: ArrayRecord) -> int:
+    """Serialized size of a record's arrays (npy headers included)."""
+    return int(sum(len(a.data) for a in rec.values()))
+
+
+def from_record(rec: ArrayRecord, max_bytes: int) -> dict[str, np.ndarray]:
+    """ArrayRecord -> numpy arrays, refusing records over ``max_bytes`` before decoding."""
+    size = record_nbytes(rec)
+    if size > max_bytes:
+        raise PayloadError(f"payload of {size} bytes exceeds the cap of {max_bytes}")
+    out = {}
+    for key, arr in rec.items():
+        try:
+            out[key] = arr.numpy()
+        except Exception as err:  # malformed npy bytes: reject, never crash the round
+            raise PayloadError(f"{key}: undecodable array ({type(err).__name__})") from None
+    return out
+
+
+def read_reply(msg: Message, max_bytes: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Extract (payload arrays, metrics) from a reply, or raise PayloadError with a reason."""
+    if msg.has_error():
+        raise PayloadError(f"client error: {msg.error.reason}")
+    content: RecordDict = msg.content
+    if PAYLOAD not in content.array_records:
+        raise PayloadError(f"reply lacks the {PAYLOAD!r} ArrayRecord")
+    if METRICS not in content.metric_records:
+        raise PayloadError(f"reply lacks the {METRICS!r} MetricRecord")
+    metrics: dict[str, float] = {}
+    for key, value in content.metric_records[METRICS].items():
+        if isinstance(value, (int, float)):
+            metrics[key] = float(value)
+    for key in REQUIRED_METRICS:
+        if key not in metrics or not math.isfinite(metrics[key]):
+            raise PayloadError(f"metric {key!r} missing or not finite")
+    if metrics["num-examples"] <= 0:
+        raise PayloadError("metric 'num-examples' must be positive")
+    payload = from_record(content.array_records[PAYLOAD], max_bytes)
+    return payload, metrics
+
+
+def make_reply(msg: Message, payload: Mapping[str, np.ndarray], metrics: Mapping[str, float]) -> Message:
+    content = RecordDict({PAYLOAD: to_record(payload), METRICS: MetricRecord(dict(metrics))})
+    return Message(content, reply_to=msg)
