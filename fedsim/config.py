@@ -207,6 +207,17 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     return out
 
 
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in ``top`` wins."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     try:
         return Config.model_validate(dict(data))
@@ -228,7 +239,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r}: expected a mapping at the top level")
         data = loaded or {}
-    return config_from_dict(apply_overrides(data, overrides))
+    # Defaults, then the file, then the overrides: `--set strategy.params.x=1` keeps the name.
+    merged = _merge(Config().model_dump(mode="json"), data)
+    return config_from_dict(apply_overrides(merged, overrides))
 
 
 def check_plugins(cfg: Config) -> None:
