@@ -60,6 +60,19 @@ accuracy at rounds 10/20/30/40): dense FedAvg .81/.89/.92/.94; m = 0.9 .84/.70/.
 .88/.81/.89/.88, reaching .94 at round 60 (dense .947); m = 0 .81/.81/.89/.91 (.937 at 60).
 At local lr 0.02, m = 0.9 stayed below .73 after 40 rounds.
 
+*Step size against density.* Error feedback holds a coordinate back for about 1/density
+rounds and then sends everything it earned at once, so it is stable only when the
+per-round step is small compared to the density (Stich et al., NeurIPS 2018, Thm. 2.4:
+step ~ delta = k/d). A pseudo-gradient is a large step: on the isotropic quadratic
+f_k(w) = |w - c_k|^2/2 with 3 clients, density 0.02 and 5 local steps at lr 0.1
+(pseudo-gradient 0.41 (c_k - w)), DGC does not converge for any m (m = 0 plateaus above
+the starting distance, m = 0.5 and 0.9 grow); at lr 0.02 it gets within 0.05-0.1 of the
+start (m = 0 / 0.5), m = 0.9 still diverges. With different clients it also keeps a noise
+floor (the EF21 motivation, Richtarik et al. 2021). Neural networks, whose updates are
+concentrated on few coordinates, tolerate far more (the digits run above), but at density
+0.001 the integration should keep the local step small (few local steps, small lr) or
+apply a server learning rate below 1.
+
 Selection (Sec. 3.1 and the reference code's ``_sparsify``): the threshold is the k-th
 largest magnitude of a strided sample with a random start (:func:`sampled_threshold`);
 if more than 1.3k entries pass, the exact top-k of the passing entries is taken; if fewer
