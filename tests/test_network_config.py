@@ -98,6 +98,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"mix": {"p": 1.0}, "profiles": {"p": {**P, "availability": {
         "kind": "daily", "start_h": 25, "duration_h": 3}}}}, "start_h"),
     ({"deadline_s": -5}, "deadline_s"),
+    ({"deadline_s": float("inf")}, "deadline_s"),
     ({"overcommit": -0.1}, "overcommit"),
     ({"round_interval_s": 0}, "round_interval_s"),
     ({"lantency": 3}, r"lantency\n  Extra inputs are not permitted"),

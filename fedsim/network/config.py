@@ -336,7 +336,7 @@ class NetworkConfig(BaseModel):
     mix: dict[str, float] = Field(default_factory=lambda: {"ideal": 1.0})
     profiles: dict[str, ProfileSpec] = Field(default_factory=dict)
     traces: str | None = None
-    deadline_s: float | None = Field(default=None, gt=0)
+    deadline_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     overcommit: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     start_time_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     round_interval_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
