@@ -202,3 +202,13 @@ def test_vectorised_mix_equals_one_nna_per_client(nfd: tuple[int, int, int], see
     for i in range(n - f):
         held = x[mask[i]] if rule == "reference" else x
         np.testing.assert_allclose(out[i], nna(x[i], held, f, rule), atol=1e-12)  # type: ignore[arg-type]
+
+
+def test_distances_accurate_for_models_far_from_origin() -> None:
+    """Half-step models near convergence: norms ~1e4, differences ~1e-4, plus a huge
+    Byzantine row first (so no centring on row 0 could rescue it)."""
+    rng = np.random.default_rng(0)
+    honest = 1e4 + 1e-4 * rng.normal(size=(6, 1000))
+    x = np.vstack([np.full((1, 1000), 1e12), honest])
+    exact = ((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2)
+    np.testing.assert_allclose(pairwise_sq_distances(x)[1:, 1:], exact[1:, 1:], rtol=1e-6)

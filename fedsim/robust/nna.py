@@ -88,26 +88,42 @@ def _as_matrix(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
     return x
 
 
-def pairwise_sq_distances(vectors: np.ndarray) -> np.ndarray:
-    """Squared L2 distances between the rows of ``vectors``, ``(n, n)`` float64.
-
-    ``D_ij = |x_i|^2 + |x_j|^2 - 2 <x_i, x_j>`` on rows first centred at the
-    coordinate-wise median (distances are translation invariant; the median keeps one huge
-    Byzantine row from inflating the norms and hence the rounding error of the honest
-    distances). Accumulated over column blocks in float64; the diagonal is exactly 0.
-    """
-    x = _as_matrix(vectors)
+def _gram(x: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
+    """``G = (X - c)(X - c)^T`` in float64, accumulated over column blocks."""
     n, d = x.shape
     gram = np.zeros((n, n), dtype=np.float64)
     for start in range(0, d, _CHUNK):
         block = x[:, start : start + _CHUNK].astype(np.float64)
-        block -= np.median(block, axis=0)
+        if centre is not None:
+            block -= centre[start : start + _CHUNK]
         gram += block @ block.T
+    return gram
+
+
+def _sq_from_gram(gram: np.ndarray) -> np.ndarray:
     sq = np.diag(gram)
-    dist = sq[:, None] + sq[None, :] - 2.0 * gram  # |x_i - x_j|^2
+    dist = sq[:, None] + sq[None, :] - 2.0 * gram  # |x_i - x_j|^2 = |x_i|^2 + |x_j|^2 - 2<x_i, x_j>
     np.maximum(dist, 0.0, out=dist)
     np.fill_diagonal(dist, 0.0)
     return dist
+
+
+def pairwise_sq_distances(vectors: np.ndarray) -> np.ndarray:
+    """Squared L2 distances between the rows of ``vectors``, ``(n, n)`` float64.
+
+    ``D_ij = |x_i - c|^2 + |x_j - c|^2 - 2 <x_i - c, x_j - c>`` (Gram form, one matrix
+    product per column block). The rounding error of that form grows with ``|x - c|^2``,
+    and half-step models near convergence differ by far less than their norm, so two
+    passes: a first, uncentred pass picks the row whose median distance to the others is
+    smallest (an honest one when honest rows are a majority); the second pass centres
+    every row at it. The diagonal is exactly 0.
+    """
+    x = _as_matrix(vectors)
+    if x.shape[0] <= 2:
+        return _sq_from_gram(_gram(x, x[0].astype(np.float64)))
+    rough = _sq_from_gram(_gram(x, None))
+    centre = int(np.argmin(np.median(rough, axis=1)))
+    return _sq_from_gram(_gram(x, x[centre].astype(np.float64)))
 
 
 def nna(pivot: np.ndarray, vectors: np.ndarray, f: int, rule: Rule = "reference") -> np.ndarray:
@@ -172,8 +188,8 @@ def received_sets(
         mask[row, byz] = True
         pool = np.array([j for j in range(n) if j != i and j not in byz], dtype=np.int64)
         need = slots - len(byz)
-        if need == len(pool):
-            mask[row, pool] = True
+        if need in (0, len(pool)):  # nothing to draw
+            mask[row, pool[:need]] = True
         else:
             if rng is None:
                 raise ValueError(
@@ -207,6 +223,8 @@ def nna_weights(
     piv = [i for i in range(n) if i not in byz] if pivots is None else [int(i) for i in pivots]
     if any(not 0 <= i < n for i in piv):
         raise ValueError(f"pivots must be rows in [0, {n}); got {piv}")
+    if not piv:
+        return np.zeros((0, n), dtype=np.float64)
     if rule == "byzfl":
         held = np.ones((len(piv), n), dtype=bool)
     elif received is not None:
@@ -217,7 +235,7 @@ def nna_weights(
             raise ValueError("every worker holds its own vector: received[r, pivots[r]] must be True")
     else:
         held = received_sets(n, f, piv, byzantine=sorted(byz), rng=rng)
-    keep = int(held[0].sum()) - f if len(piv) else 0
+    keep = int(held[0].sum()) - f
     masked = np.where(held, dist[piv], np.inf)
     # The pivot sorts first (distance 0, and its own column first on ties with copies).
     masked[np.arange(len(piv)), piv] = -1.0
