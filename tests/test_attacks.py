@@ -10,9 +10,10 @@ import pytest
 
 from fedsim.attacks import ClientAttack, ServerAttack
 from fedsim.attacks.byzantine import (
-    ALIE, FOE, IPM, Gaussian, LabelFlip, LineSearchAttack, Mimic, SignFlip, SignFlipOwn,
-    alie_z_max, line_search, mimic_init, mimic_target, mimic_update,
+    ALIE, FOE, IPM, Gaussian, LabelFlip, Mimic, SignFlip, SignFlipOwn, alie_z_max, mimic_init,
+    mimic_target, mimic_update,
 )
+from fedsim.attacks.line_search import LineSearchAttack, line_search
 from fedsim.registry import ATTACKS, PluginError
 from fedsim.robust.aggregators import mean, trimmed_mean
 from fedsim.robust.nna import nna_aggregator

@@ -77,7 +77,7 @@ def _check_krum(n: int, f: int, what: str) -> None:
 
 def krum_scores(vectors: np.ndarray, f: int) -> np.ndarray:
     """Krum score of every row: the sum of its ``n - f - 2`` smallest squared distances to
-    the other rows (Blanchard et al. 2017, Sec. 4)."""
+    the other rows (Blanchard et al. 2017)."""
     x = _as_matrix(vectors)
     n = x.shape[0]
     _check_krum(n, f, "Krum")
