@@ -11,5 +11,6 @@ Two kinds (see :mod:`fedsim.attacks.base`):
 
 from .base import ClientAttack, ServerAttack, attacker_ids
 from . import faults as _faults  # noqa: F401  (registers the built-in faults)
+from . import byzantine as _byzantine  # noqa: F401  (registers the Byzantine attacks)
 
 __all__ = ["ClientAttack", "ServerAttack", "attacker_ids"]
