@@ -130,7 +130,9 @@ def blockwise_alpha(alphas: Iterable[float]) -> float:
 def scaled_unbiased_alpha(omega: float) -> float:
     """alpha of ``Q(x)/(1+omega)`` for unbiased Q with variance omega: ``1/(1+omega)``.
 
-    Contractive in expectation (EF21, NeurIPS 2021, the remark after Definition 1).
+    Contractive in expectation: ``E||Q(x)/(1+omega) - x||^2 = omega/(1+omega) ||x||^2``
+    when ``E||Q(x) - x||^2 = omega ||x||^2`` (a standard fact, used throughout the EF21
+    papers' discussion of compressors).
     """
     if not (omega >= 0 and math.isfinite(omega)):
         raise ValueError(f"omega must be finite and >= 0; got {omega!r}")
