@@ -7,8 +7,9 @@ Papers
   (Algorithm 1; Theorem 1 for smooth non-convex f).
 * P. Richtarik, E. Gasanov, K. Burlachenko, "Error Feedback Reloaded: From Quadratic to
   Arithmetic Mean of Smoothness Constants", ICLR 2024, https://arxiv.org/abs/2402.10774
-  (Algorithm 2 "EF21-W"; Theorem 2 for EF21-W; the improved analysis of the original
-  EF21 in Section 2.3).
+  (Algorithm 2 "EF21-W"; Theorem 2 for EF21-W; Section 2 closes with the improved
+  analysis of the original EF21). Theorem and lemma numbers follow the arXiv versions;
+  check them against the proceedings before quoting.
 * I. Fatkhullin, I. Sokolov, E. Gorbunov, Z. Li, P. Richtarik, "EF21 with Bells &
   Whistles", arXiv 2110.03294 (EF21-SGD and EF21-PP; their step-size theory is not
   implemented here: those variants use the full-gradient step times a multiplier).
@@ -49,10 +50,10 @@ Step sizes (Theorem 1 of EF21 / Theorem 2 of EF21-W)::
     EF21-W: gamma <= 1 / (L + L_AM sqrt(beta/theta)),  L_AM = (1/n) sum_i L_i
 
 For a positively homogeneous compressor (Top-k, identity) EF21-W's iterates equal EF21's
-at the same step (``n w_i c_i^W = C(grad f_i - n w_i g_i^W)``), and Section 2.3 of the
-ICLR 2024 paper shows that the original EF21 also converges with the ``L_AM`` step: the
-gain is the larger admissible step. The two methods differ only for compressors that
-are not positively homogeneous.
+at the same step (``n w_i c_i^W = C(grad f_i - n w_i g_i^W)``), and the ICLR 2024 paper's
+improved analysis shows that the original EF21 also converges with the ``L_AM`` step:
+the gain is the larger admissible step. The two methods differ only for compressors
+that are not positively homogeneous.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def l_weighted(L: ArrayLike, weights: ArrayLike) -> float:
 def theta_beta(alpha: float) -> tuple[float, float]:
     """``theta = 1 - sqrt(1-alpha)``, ``beta = (1-alpha) / (1 - sqrt(1-alpha))``.
 
-    The constants of EF21 (NeurIPS 2021, Lemma 3 / Theorem 1, with the Young parameter
+    The constants of EF21 (NeurIPS 2021, Theorem 1, with the Young parameter
     ``s = 1/sqrt(1-alpha) - 1`` that minimises ``beta/theta``). ``alpha`` is the
     contraction parameter of C: ``||C(x) - x||^2 <= (1 - alpha) ||x||^2``.
     """
@@ -198,7 +199,8 @@ def ef21_stepsize(L_i: ArrayLike, alpha: float, L: float | None = None) -> float
 def ef21w_stepsize(L_i: ArrayLike, alpha: float, L: float | None = None) -> float:
     """EF21-W's theoretical step ``1 / (L + L_AM sqrt(beta/theta))`` (ICLR 2024, Thm 2).
 
-    The ICLR 2024 paper (Section 2.3) proves the same step for the original EF21.
+    The ICLR 2024 paper's improved analysis gives the same step to the original EF21
+    (and for Top-k the iterates coincide anyway).
     """
     return stepsize(l_am(L_i) if L is None else L, l_am(L_i), alpha)
 

@@ -68,6 +68,7 @@ def test_codec_compressor_wraps_a_registered_codec():
     x = np.array([1.0, -2.0, 0.5, 0.0, 3.0])
     np.testing.assert_array_equal(C.compress(x), x)
     assert C.bits(5) == 5 * 32
+    np.testing.assert_array_equal(C.last_payload["x"], x.astype(np.float32))  # what goes on the wire
 
 
 def test_codec_without_alpha_or_with_state_is_refused():

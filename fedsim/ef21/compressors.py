@@ -199,13 +199,18 @@ class CodecCompressor:
             )
         self.codec, self.info, self.ctx = codec, info, ctx
         self.alpha = codec_alpha(codec, info) if alpha is None else float(alpha)
-        self._last_bits = 0
+        self.last_payload: dict[str, np.ndarray] = {}
 
     def compress(self, x: np.ndarray) -> np.ndarray:
+        """``decode(encode(x))``: exactly the vector the server will decode.
+
+        The payload is kept in :attr:`last_payload`: the ClientApp sends that very
+        payload, so the ``c_i`` the client adds to ``g_i`` is the one the server adds.
+        """
         payload, _ = self.codec.encode(np.asarray(x, dtype=np.float32).reshape(self.info.shape), {}, self.ctx)
-        self._last_bits = 8 * int(sum(a.nbytes for a in payload.values()))
+        self.last_payload = payload
         return self.codec.decode(payload, self.info, self.ctx).astype(np.float64).reshape(np.shape(x))
 
     def bits(self, d: int) -> int:
         """Bits of the last payload encoded (codec payloads size themselves)."""
-        return self._last_bits
+        return 8 * int(sum(a.nbytes for a in self.last_payload.values()))
