@@ -2,6 +2,7 @@
 
 from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo, payload_nbytes, validate_payload
 from .dense import Fp16, Identity
+from . import dithered, nested, qsgd  # noqa: F401  (registers dqsg, ndqsg, qsgd)
 
 __all__ = [
     "Codec", "CodecContext", "Field", "Fp16", "Identity", "Payload", "PayloadError", "State",
