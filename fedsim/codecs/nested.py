@@ -106,6 +106,8 @@ def nested_quantize(
     sym : ndarray of uint8 in ``[0, rho)``
     scale : ndarray of ``scale_dtype``, one per bucket
     """
+    if not 2 <= rho <= 256:
+        raise ValueError(f"nested_quantize needs 2 <= rho <= 256 (symbols in a uint8); got {rho}")
     g = np.asarray(g, dtype=np.float32).reshape(-1)
     step = np.maximum(buckets.absmax(g, bucket) / np.float32(m1), np.float32(_TINY))
     scale = wire_scale(step, scale_dtype)
