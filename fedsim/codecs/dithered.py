@@ -116,9 +116,7 @@ def quantize(
 
 def dequantize(sym: np.ndarray, scale: np.ndarray, levels: int, bucket: int, u: np.ndarray) -> np.ndarray:
     """DQSG decoder ``g_hat = s * (q - u)`` with ``q = sym - M`` (float32, 1-D)."""
-    # one gather gives q = sym - M as float32
-    table = np.arange(-levels, levels + 1, dtype=np.float32)
-    w = table[sym]
+    w = np.subtract(sym, np.float32(levels), dtype=np.float32)  # q = sym - M, one pass
     w -= u  # q - u
     return buckets.scale_inplace(w, scale.astype(np.float32, copy=False), bucket)  # s * (q - u)
 
@@ -155,15 +153,21 @@ class Dqsg(Codec):
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         g = np.asarray(x, dtype=np.float32).reshape(-1)
-        u = draw_dither(ctx.rng(DITHER_STREAM), g.size)
-        sym, scale = quantize(g, self.levels, self.bucket, u, self.scale_dtype)
+        rng = ctx.rng(DITHER_STREAM)
+        sym = np.empty(g.size, dtype=np.uint8)
+        scale = np.empty(buckets.n_buckets(g.size, self.bucket), dtype=self.scale_dtype)
+        for a, b, ba, bb in buckets.chunks(g.size, self.bucket):  # the dither is drawn chunk by chunk
+            sym[a:b], scale[ba:bb] = quantize(g[a:b], self.levels, self.bucket, draw_dither(rng, b - a), self.scale_dtype)
         return {"sym": pack(sym, self.base), "scale": scale}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
         n = info.numel
         sym = unpack(payload["sym"], n, self.base)
-        u = draw_dither(ctx.rng(DITHER_STREAM), n)
-        return dequantize(sym, payload["scale"], self.levels, self.bucket, u).reshape(info.shape)
+        rng = ctx.rng(DITHER_STREAM)
+        out = np.empty(n, dtype=np.float32)
+        for a, b, ba, bb in buckets.chunks(n, self.bucket):
+            out[a:b] = dequantize(sym[a:b], payload["scale"][ba:bb], self.levels, self.bucket, draw_dither(rng, b - a))
+        return out.reshape(info.shape)
 
     def fields(self, info: TensorInfo) -> dict[str, Field]:
         n = info.numel

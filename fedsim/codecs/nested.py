@@ -119,8 +119,18 @@ def nested_quantize(
     np.floor(w, out=w)  # q1 = round(t) = floor(t + 1/2)
     if not np.isfinite(scale).all():  # a diverged client: send it, the server rejects it
         w[~np.isfinite(w)] = 0.0
-    np.mod(w, np.float32(rho), out=w)  # q = q1 mod rho in {0..rho-1} (exact on integers)
-    return w.astype(np.uint8), scale
+    return _mod_rho(w, rho).astype(np.uint8), scale
+
+
+def _mod_rho(w: np.ndarray, rho: int) -> np.ndarray:
+    # q1 mod rho = q1 - rho*floor((q1 + 1/2)/rho), in place on integer-valued floats: the
+    # 1/2 keeps floor away from the float error of multiplying by 1/rho (np.mod is ~50x slower)
+    k = w + np.float32(0.5)
+    k *= np.float32(1.0 / rho)
+    np.floor(k, out=k)
+    k *= np.float32(rho)
+    w -= k
+    return w
 
 
 def fine_index(g: np.ndarray, scale: np.ndarray, alpha: float, bucket: int, u: np.ndarray) -> np.ndarray:
@@ -190,7 +200,7 @@ def decoding_failures(
     decoded value by a non-zero multiple of the coarse step ``alpha*s*rho``.
     """
     q1 = fine_index(g, scale, alpha, bucket, u)
-    sym = np.mod(q1, np.float32(rho)).astype(np.uint8)
+    sym = _mod_rho(q1.copy(), rho).astype(np.uint8)
     q1_hat = nested_fine_index(sym, scale, u, y, rho, alpha, bucket)
     return int(np.count_nonzero(q1_hat != q1))
 
@@ -299,8 +309,12 @@ class Ndqsg(Codec):
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         g = np.asarray(x, dtype=np.float32).reshape(-1)
-        u = draw_dither(ctx.rng(DITHER_STREAM), g.size)
-        sym, scale = nested_quantize(g, self.m1, self.rho, self.alpha, self.bucket, u, self.scale_dtype)
+        rng = ctx.rng(DITHER_STREAM)
+        sym = np.empty(g.size, dtype=np.uint8)
+        scale = np.empty(buckets.n_buckets(g.size, self.bucket), dtype=self.scale_dtype)
+        for a, b, ba, bb in buckets.chunks(g.size, self.bucket):  # same dither chunks as dqsg
+            u = draw_dither(rng, b - a)
+            sym[a:b], scale[ba:bb] = nested_quantize(g[a:b], self.m1, self.rho, self.alpha, self.bucket, u, self.scale_dtype)
         return {"sym": pack(sym, self.rho), "scale": scale}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
@@ -319,9 +333,15 @@ class Ndqsg(Codec):
             raise ValueError(f"side information for {info.name!r} has {y.size} entries, expected {info.numel}")
         n = info.numel
         sym = unpack(payload["sym"], n, self.rho)
-        u = draw_dither(ctx.rng(DITHER_STREAM), n)
-        g_hat = nested_dequantize(sym, payload["scale"], u, y, self.rho, self.alpha, self.bucket, self.estimator)
-        return g_hat.reshape(info.shape)
+        y = y.reshape(-1)
+        rng = ctx.rng(DITHER_STREAM)
+        out = np.empty(n, dtype=np.float32)
+        for a, b, ba, bb in buckets.chunks(n, self.bucket):
+            u = draw_dither(rng, b - a)
+            out[a:b] = nested_dequantize(
+                sym[a:b], payload["scale"][ba:bb], u, y[a:b], self.rho, self.alpha, self.bucket, self.estimator
+            )
+        return out.reshape(info.shape)
 
     def fields(self, info: TensorInfo) -> dict[str, Field]:
         n = info.numel

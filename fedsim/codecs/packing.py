@@ -1,8 +1,10 @@
 """Honest bit counts: pack symbols of base ``b`` into bytes and back.
 
-A sequence of symbols in ``[0, b)`` is cut into blocks of ``k`` symbols; each block is
-the integer ``v = sum_i s_i * b**i`` (little-endian digits, ``v < b**k``) written in
-``m`` little-endian bytes. For each base the block ``(k, m)`` is the one with the fewest
+``n`` symbols in ``[0, b)`` (padded with zeros to ``k * nb`` symbols, ``nb = ceil(n/k)``)
+are laid out *planar*, as ``k`` rows of ``nb``: block ``j`` holds the symbols
+``j, j + nb, ..., j + (k-1)*nb`` as the integer ``v_j = sum_i s[j + i*nb] * b**i``
+(``v_j < b**k``), written in ``m`` little-endian bytes. The planar layout lets every step
+of the packer and unpacker run over contiguous rows. For each base the block ``(k, m)`` is the one with the fewest
 bits per symbol ``8m/k`` subject to ``b**k <= 256**m`` and ``m <= 8`` (ties: the
 smallest ``m``, which is the fastest). The last block is padded with zero symbols,
 and a strict unpacker rejects any block whose value is ``>= b**k`` or whose padding
@@ -110,36 +112,25 @@ def pack(symbols: np.ndarray, base: int, max_bytes: int = MAX_BLOCK_BYTES) -> np
     k, m = best_block(base, max_bytes)
     n = sym.size
     nblocks = -(-n // k)
+    acc_t = _acc_dtype(m)
     if n == 0:
         return np.zeros(0, dtype=np.uint8)
-    acc_t = _acc_dtype(m)
-    if n % k:  # pad the last block with zero symbols
+    sym = sym.astype(np.uint8, copy=False)  # in range: base <= 256
+    if n % k:  # pad with zero symbols to k full rows
         padded = np.zeros(nblocks * k, dtype=np.uint8)
         padded[:n] = sym
         sym = padded
-    blocks = sym.reshape(nblocks, k)
+    rows = sym.reshape(k, nblocks)  # row i = digit i of every block
     # Horner, most significant digit first: v = (((s_{k-1}) b + s_{k-2}) b + ...) b + s_0
-    acc = blocks[:, k - 1].astype(acc_t)
+    acc = rows[k - 1].astype(acc_t)
     bb = acc_t(base)
     for i in range(k - 2, -1, -1):
         acc *= bb
-        acc += blocks[:, i]
+        acc += rows[i]
     out = acc.astype(acc.dtype.newbyteorder("<"), copy=False).view(np.uint8).reshape(nblocks, -1)
     if out.shape[1] != m:
         out = out[:, :m]
     return np.ascontiguousarray(out).reshape(-1)
-
-
-@lru_cache(maxsize=32)
-def _lut(base: int, k: int) -> np.ndarray:
-    # for one-byte blocks: the digits of every code 0..255 (codes >= base**k are invalid)
-    # rows are padded to 8 bytes and read as one uint64, so the gather moves words, not bytes
-    codes = np.arange(256, dtype=np.int64)
-    digits = np.zeros((256, 8), dtype=np.uint8)
-    digits[:, :k] = (codes[:, None] // base ** np.arange(k)) % base
-    table = digits.view("<u8").reshape(256)
-    table.setflags(write=False)
-    return table
 
 
 def unpack(
@@ -177,30 +168,24 @@ def unpack(
         )
     if nblocks == 0:
         return np.zeros(0, dtype=np.uint8)
-    if m == 1 and base**k <= 256:
-        if strict and nblocks and int(data.max()) >= base**k:
-            raise ValueError(f"packed block value {int(data.max())} >= {base}**{k}: not a valid packing")
-        words = _lut(base, k)[data]  # (nblocks,) uint64 holding k digit bytes each
-        out = words.view(np.uint8).reshape(nblocks, 8)[:, :k].reshape(-1)
+    acc_t = _acc_dtype(m)
+    width = np.dtype(acc_t).itemsize
+    if width == m:
+        acc = data.view(np.dtype(acc_t).newbyteorder("<")).astype(acc_t)
     else:
-        acc_t = _acc_dtype(m)
-        width = np.dtype(acc_t).itemsize
-        rows = data.reshape(nblocks, m)
-        if width != m:
-            wide = np.zeros((nblocks, width), dtype=np.uint8)
-            wide[:, :m] = rows
-            rows = wide
-        acc = np.ascontiguousarray(rows).view(np.dtype(acc_t).newbyteorder("<")).reshape(-1)
-        acc = acc.astype(acc_t, copy=True)
-        if strict and nblocks and int(acc.max()) >= base**k:
-            raise ValueError(f"packed block value {int(acc.max())} >= {base}**{k}: not a valid packing")
-        blocks = np.empty((nblocks, k), dtype=np.uint8)
-        bb = acc_t(base)
-        for i in range(k):  # digit i = v mod b, then v //= b
-            q = acc // bb
-            blocks[:, i] = acc - q * bb
-            acc = q
-        out = blocks.reshape(-1)
+        wide = np.zeros((nblocks, width), dtype=np.uint8)
+        wide[:, :m] = data.reshape(nblocks, m)
+        acc = wide.view(np.dtype(acc_t).newbyteorder("<")).reshape(-1).astype(acc_t)
+    if strict and int(acc.max()) >= base**k:
+        raise ValueError(f"packed block value {int(acc.max())} >= {base}**{k}: not a valid packing")
+    rows = np.empty((k, nblocks), dtype=np.uint8)
+    bb = acc_t(base)
+    for i in range(k):  # digit i = v mod b, then v //= b (SIMD division by a scalar)
+        q = acc // bb
+        acc -= q * bb
+        rows[i] = acc
+        acc = q
+    out = rows.reshape(-1)
     if strict and out.size > n and out[n:].any():
         raise ValueError("non-zero padding symbols after the last symbol: not a valid packing")
     return out[:n]

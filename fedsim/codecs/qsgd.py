@@ -57,24 +57,22 @@ def qsgd_quantize(
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         gain = np.where(n32 > 0, np.float32(levels) / n32, np.float32(0.0)).astype(np.float32)
         w = buckets.scaled(v, gain, bucket, np.empty_like(v))  # v_i/||v|| * s, in [-s, s]
-    neg = np.signbit(w)
-    np.abs(w, out=w)
-    w += r  # l + 1 with probability frac(|v_i| s/||v||): floor(a + r)
-    np.floor(w, out=w)
+    a = np.abs(w)
+    a += r  # l + 1 with probability frac(|v_i| s/||v||): floor(a + r)
+    np.floor(a, out=a)
     if not np.isfinite(norm).all():  # a diverged client: send it, the server rejects it
-        w[~np.isfinite(w)] = 0.0
-    np.minimum(w, levels, out=w)  # float rounding can push |v_i|/||v|| an ulp past 1
-    sym = w.astype(np.int8)
-    np.negative(sym, out=sym, where=neg)
-    sym += np.int8(levels)
+        a[~np.isfinite(a)] = 0.0
+    np.minimum(a, levels, out=a)  # float rounding can push |v_i|/||v|| an ulp past 1
+    np.copysign(a, w, out=a)  # sign(v_i) * l
+    a += np.float32(levels)  # symbol sign*l + s in [0, 2s]
+    sym = a.astype(np.uint8)
     return sym.view(np.uint8), norm
 
 
 def qsgd_dequantize(sym: np.ndarray, norm: np.ndarray, levels: int, bucket: int) -> np.ndarray:
     """QSGD decoder: ``norm * (sym - s) / s`` (float32, 1-D)."""
-    table = np.arange(-levels, levels + 1, dtype=np.float32) / np.float32(levels)
-    w = table[sym]
-    return buckets.scale_inplace(w, norm.astype(np.float32, copy=False), bucket)
+    w = np.subtract(sym, np.float32(levels), dtype=np.float32)  # sign*l, one pass
+    return buckets.scale_inplace(w, norm.astype(np.float32) / np.float32(levels), bucket)
 
 
 @CODECS.register("qsgd")
@@ -103,13 +101,21 @@ class Qsgd(Codec):
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         v = np.asarray(x, dtype=np.float32).reshape(-1)
-        r = ctx.rng(QSGD_STREAM).random(v.size, dtype=np.float32)
-        sym, norm = qsgd_quantize(v, self.levels, self.bucket, r, self.scale_dtype)
+        rng = ctx.rng(QSGD_STREAM)
+        sym = np.empty(v.size, dtype=np.uint8)
+        norm = np.empty(buckets.n_buckets(v.size, self.bucket), dtype=self.scale_dtype)
+        for a, b, ba, bb in buckets.chunks(v.size, self.bucket):
+            r = rng.random(b - a, dtype=np.float32)
+            sym[a:b], norm[ba:bb] = qsgd_quantize(v[a:b], self.levels, self.bucket, r, self.scale_dtype)
         return {"sym": pack(sym, self.base), "norm": norm}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
-        sym = unpack(payload["sym"], info.numel, self.base)
-        return qsgd_dequantize(sym, payload["norm"], self.levels, self.bucket).reshape(info.shape)
+        n = info.numel
+        sym = unpack(payload["sym"], n, self.base)
+        out = np.empty(n, dtype=np.float32)
+        for a, b, ba, bb in buckets.chunks(n, self.bucket):
+            out[a:b] = qsgd_dequantize(sym[a:b], payload["norm"][ba:bb], self.levels, self.bucket)
+        return out.reshape(info.shape)
 
     def fields(self, info: TensorInfo) -> dict[str, Field]:
         n = info.numel
