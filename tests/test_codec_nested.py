@@ -167,6 +167,11 @@ def test_codec_decodes_with_side_info_like_dqsg_and_refuses_without() -> None:
     np.testing.assert_array_equal(codec.decode_with_side_info(payload, info, _ctx(), y), ref)
     with pytest.raises(ValueError, match="entries"):
         codec.decode_with_side_info(payload, info, _ctx(), y[:3])
+    stats: dict[str, int] = {}
+    codec.decode_with_side_info(payload, info, _ctx(), y, stats)
+    assert stats == {"detectable_failures": 0, "coordinates": x.size}
+    codec.decode_with_side_info(payload, info, _ctx(), y + 10 * np.abs(x).max(), stats)  # far: most fail visibly
+    assert stats["coordinates"] == 2 * x.size and stats["detectable_failures"] > x.size // 2
 
 
 def test_bits_per_coordinate_match_the_formula_and_the_paper_ratio() -> None:

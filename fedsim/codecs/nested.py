@@ -325,9 +325,19 @@ class Ndqsg(Codec):
         )
 
     def decode_with_side_info(
-        self, payload: Payload, info: TensorInfo, ctx: CodecContext, y: np.ndarray
+        self,
+        payload: Payload,
+        info: TensorInfo,
+        ctx: CodecContext,
+        y: np.ndarray,
+        stats: dict[str, int] | None = None,
     ) -> np.ndarray:
-        """Decode a validated payload with side information ``y`` (``info.shape``)."""
+        """Decode a validated payload with side information ``y`` (``info.shape``).
+
+        With ``stats`` (a dict), adds ``stats["detectable_failures"]`` (fine indices
+        beyond ``ceil(alpha*M1)``: certainly wrong, see :func:`detectable_failures`) and
+        ``stats["coordinates"]``; this costs a second pass over the fine indices.
+        """
         y = np.asarray(y, dtype=np.float32)
         if y.size != info.numel:
             raise ValueError(f"side information for {info.name!r} has {y.size} entries, expected {info.numel}")
@@ -341,6 +351,13 @@ class Ndqsg(Codec):
             out[a:b] = nested_dequantize(
                 sym[a:b], payload["scale"][ba:bb], u, y[a:b], self.rho, self.alpha, self.bucket, self.estimator
             )
+            if stats is not None:
+                q1_hat = nested_fine_index(sym[a:b], payload["scale"][ba:bb], u, y[a:b], self.rho, self.alpha, self.bucket)
+                stats["detectable_failures"] = stats.get("detectable_failures", 0) + detectable_failures(
+                    q1_hat, self.m1, self.alpha
+                )
+        if stats is not None:
+            stats["coordinates"] = stats.get("coordinates", 0) + n
         return out.reshape(info.shape)
 
     def fields(self, info: TensorInfo) -> dict[str, Field]:
