@@ -1,0 +1,139 @@
+"""QSGD: unbiased stochastic quantization, the baseline for DQSG/NDQSG.
+
+D. Alistarh, D. Grubic, J. Li, R. Tomioka and M. Vojnovic, "QSGD: Communication-Efficient
+SGD via Gradient Quantization and Encoding", NeurIPS 2017, section 3.1, eq. (4):
+
+    Q_s(v_i) = ||v||_2 * sign(v_i) * xi_i(v, s),
+    xi_i = (l + 1)/s with probability |v_i|/||v||_2 * s - l, else l/s,
+    where l = floor(|v_i|/||v||_2 * s).
+
+Per bucket of ``bucket`` entries (the paper's "bucketing", section 3.1, d = 512 in its
+experiments): ``E[Q_s(v)] = v`` (Lemma 3.1), ``E||Q_s(v) - v||^2 <= min(d/s^2, sqrt(d)/s) ||v||^2``.
+The randomness (stochastic rounding) comes from ``ctx.rng("qsgd")``; the server does not
+need it. Instead of the paper's Elias code we send the signed level ``sign*l`` in
+``{-s..s}`` as the symbol ``sign*l + s`` in ``[0, 2s]``, base-``(2s+1)`` packed (fixed
+length, like DQSG, so the comparison is about the quantizer, not the entropy coder).
+
+Wire format: ``sym`` (uint8, ``packed_nbytes(n, 2s+1)``), ``norm`` (float32/float16,
+one per bucket). Decode: ``v_hat = norm * (sym - s) / s``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedsim.registry import CODECS
+
+from . import buckets
+from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo
+from .packing import pack, packed_nbytes, unpack
+
+QSGD_STREAM = "qsgd"
+
+
+def qsgd_quantize(
+    v: np.ndarray, levels: int, bucket: int, r: np.ndarray, norm_dtype: str = "float32"
+) -> tuple[np.ndarray, np.ndarray]:
+    """QSGD encoder (eq. 4): symbols ``sign*l + s`` in ``[0, 2s]`` and the bucket norms.
+
+    Parameters
+    ----------
+    v : ndarray
+        1-D float32 vector.
+    levels : int
+        ``s``, the number of levels per sign.
+    bucket : int
+        Entries per norm.
+    r : ndarray
+        Uniform ``[0, 1)`` float32 draws, one per entry (the stochastic rounding).
+    norm_dtype : str
+        Wire dtype of the norms; the quantizer uses the norm as sent.
+    """
+    v = np.asarray(v, dtype=np.float32).reshape(-1)
+    norm = buckets.l2norm(v, bucket).astype(norm_dtype)
+    if norm_dtype == "float16" and np.isinf(norm[np.isfinite(buckets.l2norm(v, bucket))]).any():
+        raise ValueError("qsgd: a bucket norm exceeds the float16 range; send float32 norms")
+    n32 = norm.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        gain = np.where(n32 > 0, np.float32(levels) / n32, np.float32(0.0)).astype(np.float32)
+        w = buckets.scaled(v, gain, bucket, np.empty_like(v))  # v_i/||v|| * s, in [-s, s]
+    a = np.abs(w)
+    a += r  # l + 1 with probability frac(|v_i| s/||v||): floor(a + r)
+    np.floor(a, out=a)
+    if not np.isfinite(norm).all():  # a diverged client: send it, the server rejects it
+        a[~np.isfinite(a)] = 0.0
+    np.minimum(a, levels, out=a)  # float rounding can push |v_i|/||v|| an ulp past 1
+    np.copysign(a, w, out=a)  # sign(v_i) * l
+    a += np.float32(levels)  # symbol sign*l + s in [0, 2s]
+    sym = a.astype(np.uint8)
+    return sym.view(np.uint8), norm
+
+
+def qsgd_dequantize(sym: np.ndarray, norm: np.ndarray, levels: int, bucket: int) -> np.ndarray:
+    """QSGD decoder: ``norm * (sym - s) / s`` (float32, 1-D)."""
+    w = np.subtract(sym, np.float32(levels), dtype=np.float32)  # sign*l, one pass
+    return buckets.scale_inplace(w, norm.astype(np.float32) / np.float32(levels), bucket)
+
+
+@CODECS.register("qsgd")
+class Qsgd(Codec):
+    """QSGD with ``s`` levels per sign, bucketed L2 norms, fixed-length packed symbols.
+
+    Parameters
+    ----------
+    levels : int
+        ``s >= 1`` (``2s + 1`` symbols; ``s = 1``: ternary, 1.6 bits packed).
+    bucket : int
+        Entries per norm (the paper uses 512).
+    scale_dtype : str
+        Wire dtype of the norms, "float32" or "float16".
+    """
+
+    name = "qsgd"
+
+    def __init__(self, levels: int = 3, bucket: int = 512, scale_dtype: str = "float32") -> None:
+        if not isinstance(levels, (int, np.integer)) or isinstance(levels, bool) or not 1 <= levels <= 127:
+            raise ValueError(f"qsgd: levels s must be an int in 1..127 (2s+1 symbols in a uint8); got {levels!r}")
+        self.levels = int(levels)
+        self.bucket = buckets.check_bucket(bucket, "qsgd")
+        self.scale_dtype = buckets.check_scale_dtype(scale_dtype, "qsgd")
+        self.base = 2 * self.levels + 1
+
+    def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
+        v = np.asarray(x, dtype=np.float32).reshape(-1)
+        rng = ctx.rng(QSGD_STREAM)
+        sym = np.empty(v.size, dtype=np.uint8)
+        norm = np.empty(buckets.n_buckets(v.size, self.bucket), dtype=self.scale_dtype)
+        for a, b, ba, bb in buckets.chunks(v.size, self.bucket):
+            r = rng.random(b - a, dtype=np.float32)
+            sym[a:b], norm[ba:bb] = qsgd_quantize(v[a:b], self.levels, self.bucket, r, self.scale_dtype)
+        return {"sym": pack(sym, self.base), "norm": norm}, state
+
+    def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
+        n = info.numel
+        sym = unpack(payload["sym"], n, self.base)
+        out = np.empty(n, dtype=np.float32)
+        for a, b, ba, bb in buckets.chunks(n, self.bucket):
+            out[a:b] = qsgd_dequantize(sym[a:b], payload["norm"][ba:bb], self.levels, self.bucket)
+        return out.reshape(info.shape)
+
+    def fields(self, info: TensorInfo) -> dict[str, Field]:
+        n = info.numel
+        return {
+            "sym": Field("uint8", (packed_nbytes(n, self.base),)),
+            "norm": Field(self.scale_dtype, (buckets.n_buckets(n, self.bucket),)),
+        }
+
+    def check(self, payload: Payload, info: TensorInfo) -> None:
+        norm = payload["norm"]
+        if norm.size and (norm < 0).any():
+            raise PayloadError(f"{info.name}.norm: bucket norms must be >= 0; got min {float(norm.min())}")
+        try:
+            unpack(payload["sym"], info.numel, self.base)
+        except ValueError as err:
+            raise PayloadError(f"{info.name}.sym: {err}") from err
+
+    def bits_per_coordinate(self, n: int) -> float:
+        """Bits sent per coordinate for a tensor of ``n`` entries (symbols + norms)."""
+        nbytes = packed_nbytes(n, self.base) + buckets.n_buckets(n, self.bucket) * np.dtype(self.scale_dtype).itemsize
+        return 8.0 * nbytes / n
