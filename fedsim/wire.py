@@ -4,8 +4,9 @@ Instruction (server -> client), a fresh ``RecordDict`` per client:
 
 - ``"arrays"``: ``ArrayRecord``, the model (or model state) the client starts from;
 - ``"config"``: ``ConfigRecord`` with ``fedsim.spec`` (JSON of :class:`ClientSpec`),
-  ``fedsim.round``, ``fedsim.client`` (the client id), optionally ``fedsim.attack``
-  (JSON), plus whatever the inner strategy put there.
+  ``fedsim.round``, optionally ``fedsim.attack`` (JSON, for a Byzantine client) and
+  ``fedsim.task`` (the client task a strategy asks for), plus whatever the inner
+  strategy put there.
 
 Reply (client -> server):
 
@@ -32,8 +33,8 @@ ARRAYS = "arrays"
 CONFIG = "config"
 SPEC_KEY = "fedsim.spec"
 ROUND_KEY = "fedsim.round"
-CLIENT_KEY = "fedsim.client"
 ATTACK_KEY = "fedsim.attack"
+TASK_KEY = "fedsim.task"
 REQUIRED_METRICS = ("num-examples", "train-loss")
 
 

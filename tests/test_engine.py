@@ -156,3 +156,27 @@ def test_client_state_persists_across_rounds(tmp_path, cfg_factory):
     for node in grid.node_ids:
         state = ContextStore(grid.contexts[node]).load()
         assert {k: int(v[0]) for k, v in state.items()} == {f"{i}.n": 3 for i in range(4)}
+
+
+def test_server_attack_replaces_byzantine_updates_with_forged_ones(cfg_factory):
+    cfg = cfg_factory("attack={name: sign_flip, clients: [1, 3]}")
+    wrapper = build_wrapper(cfg)
+    assert wrapper.server_attackers == {1, 3} and wrapper.attackers == {}  # nothing sent to clients
+    from fedsim.codecs.model import tensor_infos
+    wrapper.context.infos = tensor_infos([("w", (2,)), ("b", (1,))])
+    deltas = {0: [np.array([1.0, 2.0], np.float32), np.array([3.0], np.float32)],
+              1: [np.array([9.0, 9.0], np.float32), np.array([9.0], np.float32)],
+              2: [np.array([3.0, 4.0], np.float32), np.array([5.0], np.float32)],
+              3: [np.array([7.0, 7.0], np.float32), np.array([7.0], np.float32)]}
+    wrapper._apply_server_attack(1, deltas)
+    for c in (1, 3):  # sign flipping: -mean of the honest updates, tensor by tensor
+        np.testing.assert_allclose(deltas[c][0], [-2.0, -3.0])
+        np.testing.assert_allclose(deltas[c][1], [-4.0])
+    np.testing.assert_allclose(deltas[0][0], [1.0, 2.0])
+
+
+def test_sign_flipping_hurts_fedavg(tmp_path, cfg_factory):
+    clean = run_inprocess(cfg_factory("clients_per_round=10", "rounds=4"), tmp_path / "clean")
+    attacked = run_inprocess(cfg_factory("clients_per_round=10", "rounds=4",
+                                         "attack={name: sign_flip, clients: [0, 1, 2, 3]}"), tmp_path / "att")
+    assert attacked["final_accuracy"] < clean["final_accuracy"] - 0.2

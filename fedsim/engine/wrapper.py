@@ -18,7 +18,12 @@ FedAvg, a plugin, or one of fedsim's). It adds what every strategy needs in feds
 A strategy that decodes payloads itself (side-information decoding, EF21's g_i)
 sets ``consumes_payloads = True``: it then receives the validated raw payload in
 ``"payload"`` instead of a reconstructed model in ``"arrays"``, and can reach the
-codec and the per-client base model through :attr:`FedsimWrapper.context`.
+codec and the per-client base model through :attr:`FedsimWrapper.context` (it is
+handed the wrapper through ``bind_wrapper(wrapper)`` if it defines that). If it defines
+``validate_update(payload, client)`` (raising PayloadError), that replaces the codec's
+validation. Omniscient attacks (:class:`fedsim.attacks.ServerAttack`) are applied to
+the decoded updates here; a payload-consuming strategy applies them itself, from
+``wrapper.server_attack`` and ``wrapper.server_attackers``.
 Otherwise the inner strategy receives, per client, ``"arrays"`` = the model it was
 sent plus the decoded update, and ``"metrics"``, exactly as Flower's strategies expect.
 """
@@ -36,9 +41,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.attacks.base import ServerAttack
 from fedsim.codecs.base import Codec, PayloadError, TensorInfo, payload_nbytes
 from fedsim.codecs.model import decode_update, tensor_infos, validate_update
 from fedsim.config import AttackConfig
+from fedsim.registry import ATTACKS
 from fedsim.wire import ARRAYS, ATTACK_KEY, CONFIG, METRICS, PAYLOAD, ROUND_KEY, SPEC_KEY, read_reply, to_record
 
 log = logging.getLogger("fedsim")
@@ -153,9 +160,20 @@ class FedsimWrapper(Strategy):
         self.spec_json = spec_json
         self.seed = seed
         self.clients_per_round = clients_per_round
-        self.attackers = dict(attackers or {})
         self.max_payload_ratio = max_payload_ratio
         self.context = RoundContext(codec=codec, seed=seed)
+        # Client-side attacks travel in the Byzantine clients' config; omniscient ones
+        # (ServerAttack) are applied here, to the decoded updates, before aggregation.
+        self.attackers: dict[int, AttackConfig] = {}
+        self.server_attack: ServerAttack | None = None
+        self.server_attackers: set[int] = set()
+        for cid, acfg in (attackers or {}).items():
+            attack = ATTACKS.build(acfg.name, acfg.params)
+            if isinstance(attack, ServerAttack):
+                self.server_attack = self.server_attack or attack
+                self.server_attackers.add(cid)
+            else:
+                self.attackers[cid] = acfg
         self.stats = RoundStats()
         self._pending: dict[int, ClientLog] = {}
         if hasattr(inner, "bind_wrapper"):
@@ -219,7 +237,7 @@ class FedsimWrapper(Strategy):
         dense = sum(i.numel for i in self.context.infos) * 4
         return int(self.max_payload_ratio * dense) + 64 * 1024 + 256 * len(self.context.infos)
 
-    def accept(self, msg: Message) -> tuple[int, int, dict[str, np.ndarray], dict[str, float]] | None:
+    def accept(self, msg: Message) -> tuple[Message, tuple[int, int, dict[str, np.ndarray], dict[str, float]]] | None:
         """Read and validate one reply; log and count it; None if it is rejected."""
         node = msg.metadata.src_node_id
         entry = self._pending.get(node)
@@ -235,7 +253,11 @@ class FedsimWrapper(Strategy):
             payload, metrics = read_reply(msg, self._max_bytes())
             entry.bytes_up = payload_nbytes(payload)
             self.stats.bytes_up += entry.bytes_up
-            validate_update(self.codec, payload, self.context.infos)
+            own = getattr(self.inner, "validate_update", None)
+            if own is not None:
+                own(payload, entry.client)  # a payload-consuming strategy owns its wire format
+            else:
+                validate_update(self.codec, payload, self.context.infos)
         except PayloadError as err:
             entry.status, entry.reason = "rejected", str(err)
             self.stats.rejected += 1
@@ -245,29 +267,43 @@ class FedsimWrapper(Strategy):
         entry.num_examples = metrics["num-examples"]
         entry.train_loss = metrics["train-loss"]
         self.stats.replied += 1
-        return node, entry.client, payload, metrics
+        return msg, (node, entry.client, payload, metrics)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         ctx = self.context
-        forwarded: list[Message] = []
-        consumes = bool(getattr(self.inner, "consumes_payloads", False))
-        for msg in replies:
-            got = self.accept(msg)
-            if got is None:
-                continue
-            node, client, payload, metrics = got
-            if consumes:
-                content = RecordDict({PAYLOAD: to_record(payload), METRICS: MetricRecord(metrics)})
-            else:
-                delta = decode_update(self.codec, payload, ctx.infos, self.seed, server_round, client)
-                full = {i.name: b + d for i, b, d in zip(ctx.infos, ctx.base[node], delta)}
-                content = RecordDict({ARRAYS: to_record(full), METRICS: MetricRecord(metrics)})
-            forwarded.append(Message(content=content, metadata=msg.metadata))
+        accepted = [got for got in map(self.accept, replies) if got is not None]
         self.stats.clients = sorted(self._pending.values(), key=lambda e: e.client)
-        if not forwarded:
+        if not accepted:
             log.warning("round %d: no valid reply; the model is unchanged", server_round)
             return None, None
+        forwarded: list[Message] = []
+        if getattr(self.inner, "consumes_payloads", False):
+            for msg, (node, client, payload, metrics) in accepted:
+                content = RecordDict({PAYLOAD: to_record(payload), METRICS: MetricRecord(metrics)})
+                forwarded.append(Message(content=content, metadata=msg.metadata))
+            return self.inner.aggregate_train(server_round, forwarded)
+        deltas = {client: decode_update(self.codec, payload, ctx.infos, self.seed, server_round, client)
+                  for _, (_, client, payload, _) in accepted}
+        self._apply_server_attack(server_round, deltas)
+        for msg, (node, client, _, metrics) in accepted:
+            full = {i.name: b + d for i, b, d in zip(ctx.infos, ctx.base[node], deltas[client])}
+            content = RecordDict({ARRAYS: to_record(full), METRICS: MetricRecord(metrics)})
+            forwarded.append(Message(content=content, metadata=msg.metadata))
         return self.inner.aggregate_train(server_round, forwarded)
+
+    def _apply_server_attack(self, server_round: int, deltas: dict[int, list[np.ndarray]]) -> None:
+        """Replace the Byzantine clients' decoded updates with forged ones (omniscient attacks)."""
+        byz = sorted(c for c in deltas if c in self.server_attackers)
+        honest = sorted(c for c in deltas if c not in self.server_attackers)
+        if self.server_attack is None or not byz or not honest:
+            return
+        flat = np.stack([np.concatenate([d.ravel() for d in deltas[c]]) for c in honest])
+        rng = np.random.default_rng([self.seed, server_round, 0xA77AC])
+        forged = self.server_attack.forge(flat, len(byz), rng)
+        sizes = [i.numel for i in self.context.infos]
+        for c, row in zip(byz, forged):
+            parts = np.split(np.asarray(row, dtype=np.float32), np.cumsum(sizes)[:-1])
+            deltas[c] = [p.reshape(i.shape) for p, i in zip(parts, self.context.infos)]
 
     # -- evaluate (server-side evaluation is fedsim's default; federated is delegated) --
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

@@ -1,0 +1,82 @@
+"""Client tasks: what a client does with a training message.
+
+The strategy names the task in the message's config (``fedsim.task``; default
+``"train"``), so one ClientApp serves every algorithm:
+
+- ``train``: local epochs of SGD from the model received, then the update (local
+  model minus the model received) encoded with the codec (FedAvg and friends, DGC,
+  quantizers);
+- other algorithms register their own (EF21: one gradient and a compressed
+  difference; MoNNA: a momentum step and a half-step model).
+
+A task is ``task(job: Job) -> (payload, metrics)``: a dict of numpy arrays (what goes
+on the wire) and a dict of floats with at least ``num-examples`` and ``train-loss``.
+Per-client state goes through ``job.store`` (Flower's ``Context.state``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message
+
+from fedsim.codecs.model import encode_update, flatten, init_states, tensor_infos, unflatten
+from fedsim.config import ClientSpec
+from fedsim.registry import CODECS, Registry
+from fedsim.state import ContextStore
+from fedsim.wire import ARRAYS
+
+from .trainer import local_train
+
+TaskResult = tuple[dict[str, np.ndarray], dict[str, float]]
+TASKS: Registry[Callable[["Job"], TaskResult]] = Registry("client task", "fedsim.client_tasks", ())
+
+
+@dataclass
+class Job:
+    """Everything a task may use: the message, this node's context and the parsed config."""
+
+    message: Message
+    context: Context
+    config: ConfigRecord
+    spec: ClientSpec
+    round: int
+    client: int
+    attack: Any = None
+
+    @property
+    def store(self) -> ContextStore:
+        return ContextStore(self.context)
+
+    def model(self) -> tuple[list[str], list[np.ndarray]]:
+        """The tensor names and float32 arrays of the model in the message."""
+        record = self.message.content.array_records[ARRAYS]
+        return list(record.keys()), [np.asarray(a, dtype=np.float32) for a in record.to_numpy_ndarrays()]
+
+    @property
+    def seed(self) -> list[int]:
+        """(run seed, round, client): the root of this job's randomness."""
+        return [self.spec.seed, self.round, self.client]
+
+
+@TASKS.register("train")
+def train(job: Job) -> TaskResult:
+    """Local training, then the update encoded with the codec (state kept per client)."""
+    names, start = job.model()
+    t0 = time.perf_counter()
+    new, metrics = local_train(job.spec, names, start, job.client, job.seed, job.attack)
+    update = [n - s for n, s in zip(new, start)]
+    if job.attack is not None:
+        update = job.attack.corrupt(update, np.random.default_rng(job.seed + [0xA77]))
+    t1 = time.perf_counter()
+    codec = CODECS.build(job.spec.codec.name, job.spec.codec.params)
+    infos = tensor_infos([(n, a.shape) for n, a in zip(names, start)])
+    saved = job.store.load()
+    states = unflatten(saved, len(infos)) if saved else init_states(codec, infos)
+    payload, states = encode_update(codec, update, infos, states, job.spec.seed, job.round, job.client)
+    job.store.save(flatten(states))
+    metrics.update({"train-s": t1 - t0, "encode-s": time.perf_counter() - t1})
+    return payload, metrics
