@@ -107,6 +107,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
     if len(mapping) < cfg.clients_per_round:
         raise RuntimeError(f"only {len(mapping)} clients answered discovery; need {cfg.clients_per_round}")
     wrapper.bind_nodes(mapping)
+    wrapper.evaluator = evaluator  # strategies with per-client models evaluate them through it
 
     recorder = Recorder(run_dir)
     arrays = evaluator.initial_arrays()
@@ -128,7 +129,8 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
                 "no_reply": s.sampled - s.replied - s.rejected - s.failed,
                 "bytes_up": s.bytes_up, "bytes_down": s.bytes_down,
             }
-            row.update(getattr(wrapper, "extra_metrics", {}) or {})
+            # a strategy may report more per round (e.g. bits per coordinate, honest-model accuracy)
+            row.update(getattr(wrapper.inner, "round_metrics", None) or {})
             if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
                 row["test_loss"], row["test_accuracy"] = evaluator(arrays)
             else:

@@ -176,6 +176,7 @@ class FedsimWrapper(Strategy):
                 self.attackers[cid] = acfg
         self.stats = RoundStats()
         self._pending: dict[int, ClientLog] = {}
+        self.evaluator: Any = None  # set by the server loop: ArrayRecord -> (loss, accuracy)
         if hasattr(inner, "bind_wrapper"):
             inner.bind_wrapper(self)
 
