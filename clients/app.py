@@ -40,9 +40,16 @@ def client_id(context: Context) -> int:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
+    """Discovery: this node's client id and, given the data spec, its number of examples."""
     cid = client_id(context)
-    num = int(context.node_config.get("num-partitions", 0))
-    return Message(RecordDict({METRICS: MetricRecord({"partition-id": cid, "num-partitions": num})}), reply_to=msg)
+    out: dict[str, int] = {"partition-id": cid, "num-partitions": int(context.node_config.get("num-partitions", 0))}
+    cfg = msg.content.config_records.get(CONFIG)
+    if cfg is not None and SPEC_KEY in cfg:
+        from fedsim.data.datasets import client_indices
+
+        spec = ClientSpec.from_json(str(cfg[SPEC_KEY]))
+        out["num-examples"] = len(client_indices(spec.data, spec.seed)[cid])
+    return Message(RecordDict({METRICS: MetricRecord(out)}), reply_to=msg)
 
 
 def train_round(msg: Message, context: Context) -> Message:

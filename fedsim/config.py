@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedsim.network.config import NetworkConfig
+
 
 class ConfigError(ValueError):
     """An invalid config; the message is one line naming the key."""
@@ -107,6 +109,7 @@ class Config(_Model):
     strategy: PluginSpec = PluginSpec(name="fedavg")
     codec: PluginSpec = PluginSpec(name="identity")
     attack: AttackConfig | None = None
+    network: NetworkConfig | None = Field(None, description="device and network model (off: every client, instantly)")
     simulation: SimulationConfig = SimulationConfig()
     output: OutputConfig = OutputConfig()
 

@@ -21,7 +21,7 @@ from fedsim.attacks.base import attacker_ids
 from fedsim.config import ClientSpec, Config
 from fedsim.metrics import Recorder, summarize
 from fedsim.registry import CODECS, STRATEGIES
-from fedsim.wire import METRICS
+from fedsim.wire import METRICS, SPEC_KEY
 
 from .wrapper import FedsimWrapper
 
@@ -42,9 +42,16 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float = NODE_WAIT_S, poll: float
         time.sleep(poll)
 
 
-def discover(grid: Grid, nodes: list[int], timeout: float) -> dict[int, int]:
-    """Ask every node for its client id (``partition-id``); return node -> client."""
-    msgs = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
+def discover(grid: Grid, nodes: list[int], timeout: float, spec_json: str | None = None,
+             sizes: dict[int, int] | None = None) -> dict[int, int]:
+    """Ask every node for its client id (``partition-id``); return node -> client.
+
+    Given the client spec, each node also reports its number of examples (into ``sizes``).
+    """
+    def content() -> RecordDict:
+        return RecordDict({"config": ConfigRecord({SPEC_KEY: spec_json})}) if spec_json else RecordDict()
+
+    msgs = [Message(content(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     mapping: dict[int, int] = {}
     for reply in grid.send_and_receive(msgs, timeout=timeout):
         if reply.has_error():
@@ -55,6 +62,8 @@ def discover(grid: Grid, nodes: list[int], timeout: float) -> dict[int, int]:
             log.warning("node %d sent a malformed discovery reply", reply.metadata.src_node_id)
             continue
         mapping[reply.metadata.src_node_id] = int(rec["partition-id"])
+        if sizes is not None and "num-examples" in rec:
+            sizes[int(rec["partition-id"])] = int(rec["num-examples"])
     clients = sorted(mapping.values())
     if len(set(clients)) != len(clients):
         raise RuntimeError("two nodes report the same partition-id")
@@ -70,8 +79,14 @@ def build_wrapper(cfg: Config) -> FedsimWrapper:
         ids = cfg.attack.clients if cfg.attack.clients is not None else attacker_ids(
             cfg.seed, cfg.data.num_clients, cfg.attack.count)
         attackers = {i: cfg.attack for i in ids}
+    network = None
+    if cfg.network is not None:
+        from fedsim.network import NetworkModel
+
+        network = NetworkModel(cfg.network, cfg.seed, cfg.data.num_clients)
     return FedsimWrapper(inner, codec, ClientSpec.from_config(cfg).to_json(), cfg.seed, cfg.clients_per_round,
-                         attackers=attackers, max_payload_ratio=cfg.simulation.max_payload_ratio)
+                         attackers=attackers, max_payload_ratio=cfg.simulation.max_payload_ratio,
+                         network=network, epochs=cfg.train.local_epochs)
 
 
 class Evaluator:
@@ -83,6 +98,15 @@ class Evaluator:
 
         self.ds = load_dataset(cfg.data, cfg.seed)
         self.model = build_model(cfg.model.name, cfg.model.params, self.ds.input_shape, self.ds.num_classes, cfg.seed)
+
+    def training_flops_per_sample(self) -> float:
+        """3x the forward FLOPs of one example (forward + backward), counted by torch."""
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self.model(torch.from_numpy(self.ds.x_test[:1]))
+        return 3.0 * float(counter.get_total_flops())
 
     def initial_arrays(self) -> ArrayRecord:
         return ArrayRecord(self.model.state_dict())
@@ -103,10 +127,13 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
     wrapper = build_wrapper(cfg)
     n = cfg.data.num_clients
     nodes = wait_for_nodes(grid, n)
-    mapping = discover(grid, nodes, timeout=cfg.simulation.round_timeout)
+    sizes: dict[int, int] = {}
+    mapping = discover(grid, nodes, timeout=cfg.simulation.round_timeout, spec_json=wrapper.spec_json, sizes=sizes)
     if len(mapping) < cfg.clients_per_round:
         raise RuntimeError(f"only {len(mapping)} clients answered discovery; need {cfg.clients_per_round}")
-    wrapper.bind_nodes(mapping)
+    wrapper.bind_nodes(mapping, sizes)
+    if wrapper.network is not None:
+        wrapper.flops_per_sample = evaluator.training_flops_per_sample()
     wrapper.evaluator = evaluator  # strategies with per-client models evaluate them through it
 
     recorder = Recorder(run_dir)
@@ -128,6 +155,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
                 "sampled": s.sampled, "replied": s.replied, "rejected": s.rejected, "failed": s.failed,
                 "no_reply": s.sampled - s.replied - s.rejected - s.failed,
                 "bytes_up": s.bytes_up, "bytes_down": s.bytes_down,
+                **s.network,
             }
             # a strategy may report more per round (e.g. bits per coordinate, honest-model accuracy)
             row.update(getattr(wrapper.inner, "round_metrics", None) or {})

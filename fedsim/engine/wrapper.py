@@ -45,6 +45,7 @@ from fedsim.attacks.base import ServerAttack
 from fedsim.codecs.base import Codec, PayloadError, TensorInfo, payload_nbytes
 from fedsim.codecs.model import decode_update, tensor_infos, validate_update
 from fedsim.config import AttackConfig
+from fedsim.network.model import ClientWork, NetworkModel
 from fedsim.registry import ATTACKS
 from fedsim.wire import ARRAYS, ATTACK_KEY, CONFIG, METRICS, PAYLOAD, ROUND_KEY, SPEC_KEY, read_reply, to_record
 
@@ -105,6 +106,8 @@ class ClientLog:
     num_examples: float = 0.0
     train_loss: float | None = None
     reason: str = ""
+    arrival_s: float | None = None  # simulated seconds into the round (network model only)
+    profile: str | None = None
 
 
 @dataclass
@@ -128,6 +131,7 @@ class RoundStats:
     bytes_up: int = 0
     bytes_down: int = 0
     clients: list[ClientLog] = field(default_factory=list)
+    network: dict[str, Any] = field(default_factory=dict)  # the network model's round summary
 
 
 class FedsimWrapper(Strategy):
@@ -149,10 +153,18 @@ class FedsimWrapper(Strategy):
         Byzantine client ids and the attack each runs.
     max_payload_ratio : float
         A reply whose serialized size exceeds this times the dense update's is rejected.
+    network : NetworkModel, optional
+        The device and network model: who is available, who drops, who arrives in time.
+    epochs : float
+        Local epochs per round (for the network model's compute time).
+    flops_per_sample : float, optional
+        Training FLOPs per example (for profiles whose speed is in GFLOP/s).
     """
 
     def __init__(self, inner: Strategy, codec: Codec, spec_json: str, seed: int, clients_per_round: int,
-                 attackers: dict[int, AttackConfig] | None = None, max_payload_ratio: float = 2.0) -> None:
+                 attackers: dict[int, AttackConfig] | None = None, max_payload_ratio: float = 2.0,
+                 network: NetworkModel | None = None, epochs: float = 1.0,
+                 flops_per_sample: float | None = None) -> None:
         if clients_per_round < 1:
             raise ValueError(f"clients_per_round must be >= 1; got {clients_per_round}")
         self.inner = inner
@@ -161,6 +173,10 @@ class FedsimWrapper(Strategy):
         self.seed = seed
         self.clients_per_round = clients_per_round
         self.max_payload_ratio = max_payload_ratio
+        self.network = network
+        self.epochs = epochs
+        self.flops_per_sample = flops_per_sample
+        self.num_examples: dict[int, int] = {}  # client -> examples (from discovery)
         self.context = RoundContext(codec=codec, seed=seed)
         # Client-side attacks travel in the Byzantine clients' config; omniscient ones
         # (ServerAttack) are applied here, to the decoded updates, before aggregation.
@@ -181,14 +197,33 @@ class FedsimWrapper(Strategy):
             inner.bind_wrapper(self)
 
     # -- set-up ---------------------------------------------------------------------
-    def bind_nodes(self, node_to_client: dict[int, int]) -> None:
-        """The node id -> client id map (from the discovery query)."""
+    def bind_nodes(self, node_to_client: dict[int, int], num_examples: dict[int, int] | None = None) -> None:
+        """The node id -> client id map and each client's data size (from discovery)."""
         self.context.node_to_client = dict(node_to_client)
         self._client_to_node = {c: n for n, c in node_to_client.items()}
+        self.num_examples = dict(num_examples or {})
 
     def available_clients(self, server_round: int) -> list[int]:
-        """Clients that can be sampled this round (all; the network model narrows this)."""
-        return sorted(self._client_to_node)
+        """Clients that can be sampled this round: all that answered discovery, narrowed
+        by the network model's availability (charging windows, traces)."""
+        known = sorted(self._client_to_node)
+        if self.network is None:
+            return known
+        return sorted(set(known) & set(self.network.available(server_round)))
+
+    def _choose(self, server_round: int) -> list[int]:
+        """Sample; with a network model, over-commit and drop some before training."""
+        available = self.available_clients(server_round)
+        target = min(self.clients_per_round, len(available))
+        if self.network is None:
+            return sample_clients(self.seed, server_round, available, target)
+        n = self.network.num_to_sample(self.clients_per_round, len(available))
+        chosen = sample_clients(self.seed, server_round, available, n)
+        plan = self.network.plan(server_round, chosen,
+                                 keep=self.clients_per_round if self.network.config.overcommit > 0 else None)
+        for c in plan.dropped_before:  # never started: no message, no bytes
+            self._pending[-1 - c] = ClientLog(server_round, c, "dropped-before")
+        return list(plan.send_to)
 
     # -- train ------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -197,8 +232,7 @@ class FedsimWrapper(Strategy):
         ctx.base.clear()
         self.stats = RoundStats()
         self._pending = {}
-        available = self.available_clients(server_round)
-        chosen = sample_clients(self.seed, server_round, available, min(self.clients_per_round, len(available)))
+        chosen = self._choose(server_round)
         view = SubsetGrid(grid, [self._client_to_node[c] for c in chosen])
         random.seed(int(np.random.SeedSequence([self.seed, server_round, 0xF1]).generate_state(1)[0]))
         out: list[Message] = []
@@ -231,7 +265,7 @@ class FedsimWrapper(Strategy):
             self._pending[node] = ClientLog(server_round, client, "no-reply", bytes_down=down)
             out.append(Message(content, dst_node_id=node, message_type=msg.metadata.message_type,
                                group_id=str(server_round)))
-        self.stats.sampled = len(out)
+        self.stats.sampled = len(out) + sum(1 for e in self._pending.values() if e.status == "dropped-before")
         return out
 
     def _max_bytes(self) -> int:
@@ -273,6 +307,9 @@ class FedsimWrapper(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         ctx = self.context
         accepted = [got for got in map(self.accept, replies) if got is not None]
+        if self.network is not None:
+            kept = self._settle(server_round)
+            accepted = [a for a in accepted if a[1][1] in kept]
         self.stats.clients = sorted(self._pending.values(), key=lambda e: e.client)
         if not accepted:
             log.warning("round %d: no valid reply; the model is unchanged", server_round)
@@ -291,6 +328,36 @@ class FedsimWrapper(Strategy):
             content = RecordDict({ARRAYS: to_record(full), METRICS: MetricRecord(metrics)})
             forwarded.append(Message(content=content, metadata=msg.metadata))
         return self.inner.aggregate_train(server_round, forwarded)
+
+    def _settle(self, server_round: int) -> set[int]:
+        """Timing of every client that ran; statuses; which updates arrive in time."""
+        assert self.network is not None
+        ran = {}
+        for e in self._pending.values():
+            if e.status in ("ok", "rejected"):  # it ran and sent something back
+                n = int(e.num_examples) or self.num_examples.get(e.client, 0)
+                ran[e.client] = ClientWork(e.bytes_down, e.bytes_up, n, self.epochs, self.flops_per_sample)
+        outcome = self.network.settle(server_round, ran)
+        by_client = {e.client: e for e in self._pending.values()}
+        for c in outcome.clients:
+            e = by_client[c.client]
+            e.arrival_s, e.profile = float(c.event_s), c.profile
+            if c.status != "kept":
+                if e.status == "ok":
+                    self.stats.replied -= 1
+                elif e.status == "rejected":
+                    self.stats.rejected -= 1
+                if c.status == "dropped_mid":  # nothing reached the server
+                    self.stats.bytes_up -= e.bytes_up
+                    e.bytes_up = 0
+                e.status = c.status.replace("_", "-")
+        summary = outcome.summary()
+        self.stats.network = {
+            "sim_round_s": summary["sim_round_s"], "sim_time": summary["sim_time_s"],
+            "dropped_before": summary["dropped_before"], "dropped_mid": summary["dropped_mid"],
+            "missed_deadline": summary["missed_deadline"], "not_needed": summary["not_needed"],
+        }
+        return set(outcome.kept)
 
     def _apply_server_attack(self, server_round: int, deltas: dict[int, list[np.ndarray]]) -> None:
         """Replace the Byzantine clients' decoded updates with forged ones (omniscient attacks)."""
