@@ -1,0 +1,1 @@
+"""Deployment helpers: lab certificates and keys, flower-superlink/supernode command lines."""
