@@ -1,3 +1,31 @@
 """fedsim: a federated-learning simulator and deployment kit built on Flower."""
 
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import sys
+from pathlib import Path
+
 __version__ = "0.1.0"
+
+# ``strategies/`` and ``clients/`` install as ``fedsim.strategies`` and ``fedsim.clients``
+# (setuptools package-dir). When fedsim is imported straight from a source checkout
+# (the checkout first on sys.path, as ``flwr run .`` does), this finder gives the same
+# mapping; in an installed fedsim the sub-packages are real and it is not registered.
+_ROOT = Path(__file__).resolve().parent.parent
+_MAPPED = {"fedsim.strategies": _ROOT / "strategies", "fedsim.clients": _ROOT / "clients"}
+
+
+class _CheckoutFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):  # type: ignore[no-untyped-def]
+        directory = _MAPPED.get(fullname)
+        if directory is None:
+            return None
+        return importlib.util.spec_from_file_location(
+            fullname, directory / "__init__.py", submodule_search_locations=[str(directory)])
+
+
+if not (Path(__file__).parent / "clients").exists() and all((d / "__init__.py").is_file() for d in _MAPPED.values()):
+    if not any(isinstance(f, _CheckoutFinder) for f in sys.meta_path):
+        sys.meta_path.append(_CheckoutFinder())

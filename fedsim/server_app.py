@@ -23,7 +23,9 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    path = str(context.run_config.get("config", "configs/quickstart.yaml"))
+    path = Path(str(context.run_config.get("config", "configs/quickstart.yaml")))
+    if not path.is_absolute() and not path.exists():  # relative to the app (the FAB's root)
+        path = Path(__file__).resolve().parent.parent / path
     overrides = shlex.split(str(context.run_config.get("overrides", "")))
     cfg = load_config(path, overrides)
     check_plugins(cfg)

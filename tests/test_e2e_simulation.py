@@ -51,3 +51,16 @@ def test_a_nan_client_is_rejected_and_every_round_completes(tmp_path):
     bad = [x for x in rows(run_dir, "clients.jsonl") if x["status"] == "rejected"]
     assert [x["client"] for x in bad] == [4, 4] and "non-finite" in bad[0]["reason"]
     assert json.loads((run_dir / "summary.json").read_text())["rejected"] == 2
+
+
+def test_thirty_percent_dropout_on_4g_phones_completes_every_round(tmp_path):
+    net = ("network={mix: {flaky-4g: 1.0}, profiles: {flaky-4g: {base: 4g-phone, "
+           "dropout_before: 0.15, dropout_mid: 0.15}}}")
+    run_dir = fedsim_run(tmp_path, net, "rounds=4")
+    m = rows(run_dir, "metrics.jsonl")[1:]
+    assert [r["round"] for r in m] == [1, 2, 3, 4]
+    assert sum(r["dropped_before"] + r["dropped_mid"] for r in m) >= 3  # ~12 of 40 expected
+    assert all(r["replied"] == 10 - r["dropped_before"] - r["dropped_mid"] for r in m)
+    times = [r["sim_time"] for r in m]
+    assert all(b > a for a, b in zip(times, times[1:])) and m[0]["sim_round_s"] > 0.05
+    assert (run_dir / "accuracy_vs_simtime.png").is_file()
