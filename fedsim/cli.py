@@ -73,7 +73,7 @@ class RoundProgress:
             self._progress = Progress(TextColumn("round"), MofNCompleteColumn(), BarColumn(),
                                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console)
             self._progress.start()
-            self._task = self._progress.add_task("rounds", total=self.rounds, info="starting Ray ...")
+            self._task = self._progress.add_task("rounds", total=self.rounds, info="starting the clients ...")
         return self
 
     def __call__(self, row: dict[str, Any]) -> None:
