@@ -105,7 +105,10 @@ def weighted_mean(updates: Sequence[Update], weights: Sequence[float]) -> Update
 
 def _fold(mean: Update, count: int, update: Update) -> None:
     for m, u in zip(mean, update):
-        m += (u - m) / np.float32(count + 1)  # y_{k+1} = y_k + (g - y_k)/(k + 1)
+        if count == 0:
+            m[...] = u  # a mean of nothing yet (stale side information): y = g
+        else:
+            m += (u - m) / np.float32(count + 1)  # y_{k+1} = y_k + (g - y_k)/(k + 1)
 
 
 @dataclass
@@ -116,6 +119,7 @@ class NestedDecode:
     rejected: list[int] = field(default_factory=list)  # clients with detectable failures
     detectable: int = 0  # detectable failures over every nested decode
     coordinates: int = 0  # coordinates decoded (clients x model size)
+    side: Update = field(default_factory=list)  # the running mean after the last decode
 
     @property
     def failure_fraction(self) -> float:
@@ -159,6 +163,7 @@ def decode_nested_group(
         out.accepted[client] = g
         _fold(mean, count, g)
         count += 1
+    out.side = mean
     return out
 
 
