@@ -12,6 +12,14 @@ The strategy names the task in the message's config (``fedsim.task``; default
 A task is ``task(job: Job) -> (payload, metrics)``: a dict of numpy arrays (what goes
 on the wire) and a dict of floats with at least ``num-examples`` and ``train-loss``.
 Per-client state goes through ``job.store`` (Flower's ``Context.state``).
+
+A strategy may give one client another codec than the run's (nested dithered
+quantization: a reference group sends ``dqsg``, the rest ``ndqsg``): it puts the codec's
+``PluginSpec`` JSON in the config key ``fedsim.codec`` (:data:`CODEC_KEY`), which
+``train`` reads instead of ``spec.codec``. The codec is still built from the registry by
+name, with its parameters validated by its constructor; nothing is unpickled. The
+client's saved codec state is not keyed by codec: switching a client between
+*stateful* codecs (error feedback) from round to round is not supported.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 
 from fedsim.codecs.model import encode_update, flatten, init_states, tensor_infos, unflatten
-from fedsim.config import ClientSpec
+from fedsim.config import ClientSpec, PluginSpec
 from fedsim.registry import CODECS, Registry
 from fedsim.state import ContextStore
 from fedsim.wire import ARRAYS
@@ -32,6 +40,7 @@ from fedsim.wire import ARRAYS
 from .trainer import local_train
 
 TaskResult = tuple[dict[str, np.ndarray], dict[str, float]]
+CODEC_KEY = "fedsim.codec"  # optional per-client codec override: PluginSpec JSON
 TASKS: Registry[Callable[["Job"], TaskResult]] = Registry("client task", "fedsim.client_tasks", ())
 
 
@@ -56,6 +65,12 @@ class Job:
         record = self.message.content.array_records[ARRAYS]
         return list(record.keys()), [np.asarray(a, dtype=np.float32) for a in record.to_numpy_ndarrays()]
 
+    def codec_spec(self) -> PluginSpec:
+        """The codec this client encodes with: ``fedsim.codec`` if the strategy set it, else the run's."""
+        if CODEC_KEY in self.config:
+            return PluginSpec.model_validate_json(str(self.config[CODEC_KEY]))
+        return self.spec.codec
+
     @property
     def seed(self) -> list[int]:
         """(run seed, round, client): the root of this job's randomness."""
@@ -72,7 +87,8 @@ def train(job: Job) -> TaskResult:
     if job.attack is not None:
         update = job.attack.corrupt(update, np.random.default_rng(job.seed + [0xA77]))
     t1 = time.perf_counter()
-    codec = CODECS.build(job.spec.codec.name, job.spec.codec.params)
+    spec = job.codec_spec()
+    codec = CODECS.build(spec.name, spec.params)
     infos = tensor_infos([(n, a.shape) for n, a in zip(names, start)])
     saved = job.store.load()
     states = unflatten(saved, len(infos)) if saved else init_states(codec, infos)

@@ -53,3 +53,5 @@ for _name, _cls in {
     "fedtrimmedavg": fl.FedTrimmedAvg,
 }.items():
     STRATEGIES.add(_name, flower_strategy(_cls))
+
+from . import nested_dithering  # noqa: E402,F401  (registers ndqsg-nested)

@@ -206,3 +206,34 @@ def test_payload_validation_rejects() -> None:
 def test_constructor_validates(kwargs: dict[str, object], msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
         Ndqsg(**kwargs)  # type: ignore[arg-type]
+
+
+def test_constrain_fine_index_hand_values() -> None:
+    from fedsim.codecs.nested import constrain_fine_index
+
+    # rho = 3, bound 3: 4 -> 1, 5 -> 2, 7 -> 1, -4 -> -1, -6 -> -3; in range: unchanged
+    q = np.array([4, 5, 7, -4, -6, 3, -3, 0, 2], dtype=np.float32)
+    assert constrain_fine_index(q, 3, 3).tolist() == [1, 2, 1, -1, -3, 3, -3, 0, 2]
+    # rho = 2, bound 1: 2 -> 0, 3 -> 1, -2 -> 0
+    assert constrain_fine_index(np.array([2, 3, -2], np.float32), 2, 1).tolist() == [0, 1, 0]
+
+
+def test_constrained_decode_keeps_correct_decodes_and_repairs_some_failures() -> None:
+    codec = Ndqsg(m1=3, m2=1, bucket=B)
+    n = 20 * B
+    info = TensorInfo("t", (n,))
+    rng = np.random.default_rng(5)
+    g = rng.standard_normal(n).astype(np.float32)
+    y = g + 1.0 * rng.standard_normal(n).astype(np.float32)  # far enough to fail often
+    payload, _ = codec.encode(g, {}, _ctx())
+    want = Dqsg(levels=3, bucket=B).decode(Dqsg(levels=3, bucket=B).encode(g, {}, _ctx())[0], info, _ctx())
+    s1: dict[str, int] = {}
+    s2: dict[str, int] = {}
+    plain = codec.decode_with_side_info(payload, info, _ctx(), y, s1)
+    fixed = codec.decode_with_side_info(payload, info, _ctx(), y, s2, constrain=True)
+    assert s1 == s2 and s1["detectable_failures"] > 50  # the count is taken before repairing
+    ok = plain == want
+    assert np.array_equal(fixed[ok], want[ok])  # correct decodes are untouched
+    assert np.count_nonzero(fixed != want) < np.count_nonzero(plain != want)  # some failures repaired
+    steps = np.repeat(np.abs(g).reshape(-1, B).max(axis=1) / 3, B)
+    assert (np.abs(fixed) <= 3.5 * steps * (1 + 1e-6)).all()  # every index in the admissible range

@@ -181,6 +181,14 @@ def nested_dequantize(
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
     w = nested_fine_index(sym, scale, u, y, rho, alpha, bucket)
+    return dequantize_fine_index(w, scale, u, y, alpha, bucket, estimator)
+
+
+def dequantize_fine_index(
+    q1_hat: np.ndarray, scale: np.ndarray, u: np.ndarray, y: np.ndarray, alpha: float, bucket: int, estimator: str
+) -> np.ndarray:
+    """The decoded value from a fine index ``q1_hat`` (float32, modified in place)."""
+    w = q1_hat
     w -= u  # q1_hat - u
     s = scale.astype(np.float32)
     if estimator == "unbiased":
@@ -189,6 +197,26 @@ def nested_dequantize(
     if alpha != 1.0:
         w += np.float32(1.0 - alpha * alpha) * np.asarray(y, dtype=np.float32).reshape(-1)
     return w
+
+
+def constrain_fine_index(q1_hat: np.ndarray, rho: int, bound: int) -> np.ndarray:
+    """Move each out-of-range ``q1_hat`` by multiples of ``rho`` into ``[-bound, bound]`` (in place).
+
+    The encoder's fine index obeys ``|q1| <= bound = ceil(alpha*M1)``, so a decoded index
+    outside is certainly wrong (:func:`detectable_failures`); the coset member inside the
+    range nearest to it is the likeliest one given ``y`` (the decode is then
+    maximum-likelihood over the admissible indices). When ``2*bound + 1 >= rho`` every coset
+    has a member in range. Indices already in range are unchanged, so every correct
+    decode stays exact::
+
+        q1_hat > b:   q1_hat - rho*ceil((q1_hat - b)/rho)
+        q1_hat < -b:  q1_hat + rho*ceil((-b - q1_hat)/rho)
+    """
+    over = q1_hat > bound
+    q1_hat[over] -= np.float32(rho) * np.ceil((q1_hat[over] - bound) / np.float32(rho))
+    under = q1_hat < -bound
+    q1_hat[under] += np.float32(rho) * np.ceil((-bound - q1_hat[under]) / np.float32(rho))
+    return q1_hat
 
 
 def decoding_failures(
@@ -331,12 +359,16 @@ class Ndqsg(Codec):
         ctx: CodecContext,
         y: np.ndarray,
         stats: dict[str, int] | None = None,
+        constrain: bool = False,
     ) -> np.ndarray:
         """Decode a validated payload with side information ``y`` (``info.shape``).
 
         With ``stats`` (a dict), adds ``stats["detectable_failures"]`` (fine indices
         beyond ``ceil(alpha*M1)``: certainly wrong, see :func:`detectable_failures`) and
-        ``stats["coordinates"]``; this costs a second pass over the fine indices.
+        ``stats["coordinates"]``. With ``constrain``, each such index is moved into the
+        admissible range (:func:`constrain_fine_index`): a detectable failure is then
+        repaired, correctly when the true index is the coset member nearest the range's
+        edge; in-range decodes are unchanged.
         """
         y = np.asarray(y, dtype=np.float32)
         if y.size != info.numel:
@@ -346,16 +378,18 @@ class Ndqsg(Codec):
         y = y.reshape(-1)
         rng = ctx.rng(DITHER_STREAM)
         out = np.empty(n, dtype=np.float32)
+        bound = math.ceil(self.alpha * self.m1)
         for a, b, ba, bb in buckets.chunks(n, self.bucket):
             u = draw_dither(rng, b - a)
-            out[a:b] = nested_dequantize(
-                sym[a:b], payload["scale"][ba:bb], u, y[a:b], self.rho, self.alpha, self.bucket, self.estimator
-            )
+            scale = payload["scale"][ba:bb]
+            q1_hat = nested_fine_index(sym[a:b], scale, u, y[a:b], self.rho, self.alpha, self.bucket)
             if stats is not None:
-                q1_hat = nested_fine_index(sym[a:b], payload["scale"][ba:bb], u, y[a:b], self.rho, self.alpha, self.bucket)
                 stats["detectable_failures"] = stats.get("detectable_failures", 0) + detectable_failures(
                     q1_hat, self.m1, self.alpha
                 )
+            if constrain:
+                constrain_fine_index(q1_hat, self.rho, bound)
+            out[a:b] = dequantize_fine_index(q1_hat, scale, u, y[a:b], self.alpha, self.bucket, self.estimator)
         if stats is not None:
             stats["coordinates"] = stats.get("coordinates", 0) + n
         return out.reshape(info.shape)
