@@ -324,7 +324,7 @@ class NestedDitheredQuantization(Strategy):
         decoded = {**refs, **nested.accepted}
         if not decoded:
             return None, None
-        self._wrapper._apply_server_attack(server_round, decoded)  # omniscient attacks, if any
+        self._wrapper.apply_server_attack(server_round, decoded)  # omniscient attacks, if any
         used = sorted(decoded)
         metrics = {c: got[self._groups[c]][c][1] for c in used}
         weights = [metrics[c]["num-examples"] for c in used]

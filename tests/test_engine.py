@@ -168,7 +168,7 @@ def test_server_attack_replaces_byzantine_updates_with_forged_ones(cfg_factory):
               1: [np.array([9.0, 9.0], np.float32), np.array([9.0], np.float32)],
               2: [np.array([3.0, 4.0], np.float32), np.array([5.0], np.float32)],
               3: [np.array([7.0, 7.0], np.float32), np.array([7.0], np.float32)]}
-    wrapper._apply_server_attack(1, deltas)
+    wrapper.apply_server_attack(1, deltas)
     for c in (1, 3):  # sign flipping: -mean of the honest updates, tensor by tensor
         np.testing.assert_allclose(deltas[c][0], [-2.0, -3.0])
         np.testing.assert_allclose(deltas[c][1], [-4.0])

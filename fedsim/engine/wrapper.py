@@ -322,7 +322,7 @@ class FedsimWrapper(Strategy):
             return self.inner.aggregate_train(server_round, forwarded)
         deltas = {client: decode_update(self.codec, payload, ctx.infos, self.seed, server_round, client)
                   for _, (_, client, payload, _) in accepted}
-        self._apply_server_attack(server_round, deltas)
+        self.apply_server_attack(server_round, deltas)
         for msg, (node, client, _, metrics) in accepted:
             full = {i.name: b + d for i, b, d in zip(ctx.infos, ctx.base[node], deltas[client])}
             content = RecordDict({ARRAYS: to_record(full), METRICS: MetricRecord(metrics)})
@@ -359,7 +359,7 @@ class FedsimWrapper(Strategy):
         }
         return set(outcome.kept)
 
-    def _apply_server_attack(self, server_round: int, deltas: dict[int, list[np.ndarray]]) -> None:
+    def apply_server_attack(self, server_round: int, deltas: dict[int, list[np.ndarray]]) -> None:
         """Replace the Byzantine clients' decoded updates with forged ones (omniscient attacks)."""
         byz = sorted(c for c in deltas if c in self.server_attackers)
         honest = sorted(c for c in deltas if c not in self.server_attackers)
