@@ -43,7 +43,8 @@ class Fp16(Codec):
     name = "fp16"
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
-        h = np.ascontiguousarray(x, dtype=np.float16)
+        with np.errstate(over="ignore"):  # overflow is detected just below, with a reason
+            h = np.ascontiguousarray(x, dtype=np.float16)
         if np.isinf(h).any() and (np.isinf(h) & np.isfinite(x)).any():  # overflowed in the cast
             raise PayloadError(f"fp16: |x| exceeds {FP16_MAX}, the float16 range")
         return {"x": h}, state
