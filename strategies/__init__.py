@@ -53,3 +53,4 @@ for _name, _cls in {
     "fedtrimmedavg": fl.FedTrimmedAvg,
 }.items():
     STRATEGIES.add(_name, flower_strategy(_cls))
+from . import monna, nnm, trimmed_mean  # noqa: E402,F401  (register "monna", "nna", "nnm", "trimmed_mean")
