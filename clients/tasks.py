@@ -96,3 +96,4 @@ def train(job: Job) -> TaskResult:
     job.store.save(flatten(states))
     metrics.update({"train-s": t1 - t0, "encode-s": time.perf_counter() - t1})
     return payload, metrics
+from . import monna as _monna  # noqa: E402,F401  (registers the "monna" task)

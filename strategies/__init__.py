@@ -55,3 +55,4 @@ for _name, _cls in {
     STRATEGIES.add(_name, flower_strategy(_cls))
 
 from . import nested_dithering  # noqa: E402,F401  (registers ndqsg-nested)
+from . import monna, nnm, trimmed_mean  # noqa: E402,F401  (register "monna", "nna", "nnm", "trimmed_mean")

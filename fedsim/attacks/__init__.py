@@ -14,3 +14,4 @@ from . import faults as _faults  # noqa: F401  (registers the built-in faults)
 from . import byzantine as _byzantine  # noqa: F401  (registers the Byzantine attacks)
 
 __all__ = ["ClientAttack", "ServerAttack", "attacker_ids"]
+from . import searched as _searched  # noqa: E402,F401  (registers "line_search")
