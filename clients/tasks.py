@@ -80,3 +80,4 @@ def train(job: Job) -> TaskResult:
     job.store.save(flatten(states))
     metrics.update({"train-s": t1 - t0, "encode-s": time.perf_counter() - t1})
     return payload, metrics
+from . import ef21  # noqa: E402,F401  (registers the "ef21" task)

@@ -53,3 +53,4 @@ for _name, _cls in {
     "fedtrimmedavg": fl.FedTrimmedAvg,
 }.items():
     STRATEGIES.add(_name, flower_strategy(_cls))
+from . import ef21w  # noqa: E402,F401  (registers "ef21w" and "ef21")
