@@ -2,7 +2,7 @@
 
 The EF21-W strategy (:mod:`fedsim.strategies.ef21w`) sends the model ``x`` and, in the
 config, what this client's round needs (keys ``ef21.*``, written by
-:func:`fedsim.strategies.ef21w.client_config`):
+:func:`fedsim.ef21.client.client_config`):
 
 ``ef21.scale`` (float)   ``s_i = n w_i`` (1 for EF21, or before the weights are known)
 ``ef21.acked`` (int)     the last round whose message from this client the server added

@@ -78,52 +78,23 @@ from flwr.serverapp.strategy import Strategy
 from numpy.typing import ArrayLike, NDArray
 
 from fedsim.codecs.base import PayloadError
-from fedsim.ef21.theory import (
-    THEORIES,
-    WEIGHTS,
-    Plan,
-    ef21_stepsize,
-    ef21w_stepsize,
-    l_am,
-    l_qm,
-    l_weighted,
-    plan,
-    positive_vector,
-    scales,
-    smoothness_weights,
-    stepsize,
-    theta_beta,
-    weights_from,
-)
+from fedsim.ef21.client import client_config
+from fedsim.ef21.theory import (THEORIES, WEIGHTS, Plan, ef21_stepsize, ef21w_stepsize, l_am, l_qm,  # noqa: F401
+                                l_weighted, plan, positive_vector, scales, smoothness_weights, stepsize,
+                                theta_beta, weights_from)
 from fedsim.ef21.wire import WIRE_DTYPES, CodecWire, DenseWire, TopKWire
 from fedsim.registry import STRATEGIES
-from fedsim.wire import ARRAYS, CONFIG, METRICS, PAYLOAD, TASK_KEY
+from fedsim.wire import ARRAYS, CONFIG, METRICS, PAYLOAD
 
 log = logging.getLogger("fedsim")
 
 FloatArray = NDArray[np.floating]
 Compress = Callable[[np.ndarray], np.ndarray]
 
-__all__ = [  # the theory (fedsim.ef21.theory) is re-exported: tests and the benchmark import it here
-    "EF21W",
-    "Plan",
-    "client_config",
-    "client_step",
-    "ef21_stepsize",
-    "ef21w_stepsize",
-    "l_am",
-    "l_qm",
-    "l_weighted",
-    "scales",
-    "server_aggregate",
-    "server_step",
-    "smoothness_weights",
-    "stepsize",
-    "plan",
-    "positive_vector",
-    "theta_beta",
-    "weighted_sum",
-    "weights_from",
+__all__ = [  # the theory lives in fedsim.ef21.theory; re-exported for the tests and the benchmark
+    "EF21W", "Plan", "client_step", "ef21_stepsize", "ef21w_stepsize", "l_am", "l_qm", "l_weighted", "plan",
+    "scales", "server_aggregate", "server_step", "smoothness_weights", "stepsize", "theta_beta",
+    "weighted_sum", "weights_from",
 ]
 
 
@@ -348,9 +319,7 @@ class EF21W(Strategy):
                         grid: Grid) -> Iterable[Message]:
         if self.x is None:
             self._setup(arrays)
-        model = ArrayRecord({k: Array(np.ascontiguousarray(p.reshape(s), dtype=self.dtype)) for k, p, s in
-                             zip(self.keys, np.split(self.x, np.cumsum([math.prod(s) for s in self.shapes])[:-1]),
-                                 self.shapes)})
+        model = self._record(self.dtype)
         self._sent = {}
         out = []
         for node in grid.get_node_ids():
@@ -363,6 +332,12 @@ class EF21W(Strategy):
             out.append(Message(RecordDict({ARRAYS: model, CONFIG: cfg}), dst_node_id=node,
                                message_type=MessageType.TRAIN))
         return out
+
+    def _record(self, dtype: str) -> ArrayRecord:
+        """``x`` as the model's tensors (same names and shapes as the model the run started from)."""
+        parts = np.split(self.x, np.cumsum([math.prod(s) for s in self.shapes])[:-1])  # type: ignore[arg-type]
+        return ArrayRecord({k: Array(np.ascontiguousarray(p.reshape(s), dtype=dtype))
+                            for k, p, s in zip(self.keys, parts, self.shapes)})
 
     def _wire_for(self, client: int) -> Any:
         if client not in self._sent:
@@ -405,11 +380,8 @@ class EF21W(Strategy):
             self.x = server_step(self.x, self.g, self.plan.gamma)  # x = x - gamma g
             self.steps += 1
         self._report()
-        out = ArrayRecord({k: Array(np.ascontiguousarray(p.reshape(s), dtype=np.float32)) for k, p, s in
-                           zip(self.keys, np.split(self.x, np.cumsum([math.prod(s) for s in self.shapes])[:-1]),
-                               self.shapes)})
         train = MetricRecord({"train-loss": loss_sum / examples, "num-examples": examples}) if examples else None
-        return out, train
+        return self._record("float32"), train  # what the server evaluates and the next round passes back
 
     def _apply_server_attack(self, server_round: int, received: dict[int, np.ndarray]) -> None:
         """Omniscient attacks forge the Byzantine clients' decoded c_i from the honest ones."""
@@ -460,10 +432,3 @@ def ef21(**params: Any) -> EF21W:
 
 ef21.params_target = EF21W  # type: ignore[attr-defined]  # user params are checked against EF21W's
 
-
-def client_config(scale: float, acked: int, dense: bool, want_L: bool, compressor: str, k: int | None,
-                  dtype: str, batch_size: int | None) -> dict[str, Any]:
-    """The ``ef21.*`` config entries of one client's message (read by ``fedsim.clients.ef21``)."""
-    return {TASK_KEY: "ef21", "ef21.scale": float(scale), "ef21.acked": int(acked), "ef21.dense": bool(dense),
-            "ef21.want-L": bool(want_L), "ef21.wire": {"identity": "dense"}.get(compressor, compressor),
-            "ef21.k": int(k or 0), "ef21.dtype": dtype, "ef21.batch": int(batch_size or 0)}

@@ -264,3 +264,12 @@ def test_any_model_runs_with_power_iteration_smoothness():
         norms.append(run.round().round_metrics["grad_norm_sq"])
         run.check_invariant()
     assert run.strategy.plan.L_am > 0 and norms[-1] < norms[0]
+
+
+@pytest.mark.parametrize("name", ["ef21w_mnist5k", "ef21_mnist5k", "ef21w_pp_mnist5k"])
+def test_configs_load_and_name_known_plugins(name):
+    from fedsim.config import check_plugins, load_config
+
+    cfg = load_config(f"configs/{name}.yaml")
+    check_plugins(cfg)
+    assert cfg.strategy.name in ("ef21", "ef21w") and cfg.model.name == "logreg-ncvx"

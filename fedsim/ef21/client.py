@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["EF21ClientState", "client_commit", "client_init", "client_round", "from_arrays", "to_arrays"]
+__all__ = [
+    "EF21ClientState", "client_commit", "client_config", "client_init", "client_round", "from_arrays", "to_arrays",
+]
 
 Compress = Callable[[np.ndarray], np.ndarray]
 
@@ -130,3 +132,13 @@ def from_arrays(saved: dict[str, np.ndarray], dim: int) -> EF21ClientState:
         return client_init(dim)
     return EF21ClientState(saved["h"].astype(np.float64), saved["pending"].astype(np.float64),
                            int(saved["pending_round"][0]))
+
+
+def client_config(scale: float, acked: int, dense: bool, want_L: bool, compressor: str, k: int | None,
+                  dtype: str, batch_size: int | None) -> dict[str, Any]:
+    """The config of one client's EF21 message: the task, then the ``ef21.*`` keys that
+    ``fedsim.clients.ef21`` reads (listed in its module docstring)."""
+    return {"fedsim.task": "ef21",  # fedsim.wire.TASK_KEY (not imported: this module is numpy only)
+            "ef21.scale": float(scale), "ef21.acked": int(acked), "ef21.dense": bool(dense),
+            "ef21.want-L": bool(want_L), "ef21.wire": {"identity": "dense"}.get(compressor, compressor),
+            "ef21.k": int(k or 0), "ef21.dtype": dtype, "ef21.batch": int(batch_size or 0)}
