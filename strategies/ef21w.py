@@ -75,7 +75,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import ArrayLike
 
 from fedsim.codecs.base import PayloadError
 from fedsim.ef21.client import client_config
@@ -88,7 +88,6 @@ from fedsim.wire import ARRAYS, CONFIG, METRICS, PAYLOAD
 
 log = logging.getLogger("fedsim")
 
-FloatArray = NDArray[np.floating]
 Compress = Callable[[np.ndarray], np.ndarray]
 
 __all__ = [  # the theory lives in fedsim.ef21.theory; re-exported for the tests and the benchmark

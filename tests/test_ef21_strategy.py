@@ -18,7 +18,7 @@ from fedsim.clients.app import app
 from fedsim.codecs.base import PayloadError
 from fedsim.config import ClientSpec
 from fedsim.ef21.client import from_arrays
-from fedsim.ef21.compressors import Identity, TopK
+from fedsim.ef21.compressors import TopK
 from fedsim.ef21.oracles import LogRegProblem, TorchProblem, local_problem
 from fedsim.ef21.reference import logreg_oracles, run_ef21
 from fedsim.engine.inprocess import InProcessGrid
