@@ -97,3 +97,4 @@ def train(job: Job) -> TaskResult:
     metrics.update({"train-s": t1 - t0, "encode-s": time.perf_counter() - t1})
     return payload, metrics
 from . import monna as _monna  # noqa: E402,F401  (registers the "monna" task)
+from . import ef21  # noqa: E402,F401  (registers the "ef21" task)

@@ -81,3 +81,5 @@ def build_model(name: str, params: dict, input_shape: tuple[int, ...], num_class
         return factory(tuple(input_shape), num_classes, **params)
     finally:
         torch.random.set_rng_state(gen_state)
+
+from fedsim.problems import logreg_torch  # noqa: E402,F401  (registers "logreg-ncvx", the EF21 papers' model)

@@ -56,3 +56,4 @@ for _name, _cls in {
 
 from . import nested_dithering  # noqa: E402,F401  (registers ndqsg-nested)
 from . import monna, nnm, trimmed_mean  # noqa: E402,F401  (register "monna", "nna", "nnm", "trimmed_mean")
+from . import ef21w  # noqa: E402,F401  (registers "ef21w" and "ef21")

@@ -24,24 +24,32 @@ The problem is ``min_x f(x) = (1/n) sum_i f_i(x)`` with ``f_i`` ``L_i``-smooth a
 
 ``w_i = 1/n`` is EF21 (``n w_i = 1``); ``w_i = L_i / sum_j L_j`` is EF21-W.
 
-How EF21 fits a federated round
--------------------------------
-One round = one gradient evaluation per client, no local epochs. The server broadcasts
-``x^t`` and, to client i, the scalar ``scale_i = n w_i``; the client evaluates
-``grad f_i(x^t)`` once (full batch; a minibatch for EF21-SGD), computes ``c_i`` with
-:func:`client_step` and replies with the compressed ``c_i`` only. The client's ``g_i``
-lives in its persistent state (a plain array); the server never needs it, because it
-holds ``g = sum_i w_i g_i`` and updates it with :func:`server_aggregate`. A client with
-no state yet starts from ``g_i = 0`` and sends its first message uncompressed, so the
-first message ``c_i = grad f_i / (n w_i) - 0`` is exactly the paper's initialisation
-``g_i^0 = grad f_i(x^0) / (n w_i)``. Absent clients (EF21-PP, dropouts) send nothing
-and the server's ``g`` keeps their last contribution ``w_i g_i``.
+How EF21 fits a federated round (:class:`EF21W`)
+------------------------------------------------
+One round = one gradient evaluation per client, no local epochs: ``train.*`` of the
+config (epochs, lr) is not used. In round t the server sends each sampled client
+``x^t`` (the model, whatever the config names, as one flat vector of its tensors) and
+in the config ``s_i = n w_i`` and the last round it acknowledged from that client;
+the client (task ``ef21``, :mod:`fedsim.clients.ef21`) evaluates ``grad f_i(x^t)`` once
+(full batch; a minibatch for EF21-SGD), runs :func:`fedsim.ef21.client.client_round`
+with the state kept in Flower's ``Context.state`` and replies with the encoded
+``c_i`` only. The server holds ``x``, ``g`` and, per client, the last round it
+added; it decodes, ``g = g + sum_i w_i c_i`` (:func:`server_aggregate`), and steps
+``x^{t+1} = x^t - gamma g`` (:func:`server_step`).
 
-The invariant ``g == sum_i w_i g_i`` holds only if a client commits ``g_i + c_i``
-exactly when the server added ``w_i c_i``. A reply lost in the network must therefore
-not be committed: :class:`EF21ClientState` keeps the last message as ``pending`` and
-:func:`client_commit` applies it only when the server acknowledges the round it was
-sent in.
+Start (``start: dense``, the papers'): a client's first message is its uncompressed
+gradient, which sets ``g_i^0 = grad f_i(x^0)/(n w_i)``; the server takes its first
+step once every client's first message is in ``g`` (round 1 under full
+participation; under partial participation the first rounds collect them while ``x``
+stays at ``x^0``). ``start: zero`` starts from ``g_i^0 = 0`` with compressed messages
+and steps from round 1. The weights and the step need the ``L_i``: given in the
+config (``L_i``) or reported by each client with its first message; until all are
+known the scale sent is 1 and ``x`` does not move. The client keeps ``h_i = n w_i g_i``
+(so the invariant ``g = (1/n) sum_i h_i`` does not depend on when the weights are
+fixed) and commits a message only when the server acknowledges it: a reply lost to a
+dropout, a timeout or a rejection is dropped on both sides. Absent clients (EF21-PP,
+sampling, the network model's dropouts) send nothing, keep ``g_i`` and the server's
+``g`` keeps their last contribution ``w_i g_i``.
 
 Step sizes (Theorem 1 of EF21 / Theorem 2 of EF21-W)::
 
@@ -58,151 +66,35 @@ that are not positively homogeneous.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from numpy.typing import ArrayLike
 
-FloatArray = NDArray[np.floating]
+from fedsim.codecs.base import PayloadError
+from fedsim.ef21.client import client_config
+from fedsim.ef21.theory import (THEORIES, WEIGHTS, Plan, ef21_stepsize, ef21w_stepsize, l_am, l_qm,  # noqa: F401
+                                l_weighted, plan, positive_vector, scales, smoothness_weights, stepsize,
+                                theta_beta, weights_from)
+from fedsim.ef21.wire import WIRE_DTYPES, CodecWire, DenseWire, TopKWire
+from fedsim.registry import STRATEGIES
+from fedsim.wire import ARRAYS, CONFIG, METRICS, PAYLOAD
+
+log = logging.getLogger("fedsim")
+
 Compress = Callable[[np.ndarray], np.ndarray]
 
-__all__ = [
-    "EF21ClientState",
-    "client_commit",
-    "client_init",
-    "client_round",
-    "client_step",
-    "ef21_stepsize",
-    "ef21w_stepsize",
-    "l_am",
-    "l_qm",
-    "l_weighted",
-    "scales",
-    "server_aggregate",
-    "server_step",
-    "smoothness_weights",
-    "stepsize",
-    "theta_beta",
-    "weighted_sum",
-    "weights_from",
+__all__ = [  # the theory lives in fedsim.ef21.theory; re-exported for the tests and the benchmark
+    "EF21W", "Plan", "client_step", "ef21_stepsize", "ef21w_stepsize", "l_am", "l_qm", "l_weighted", "plan",
+    "scales", "server_aggregate", "server_step", "smoothness_weights", "stepsize", "theta_beta",
+    "weighted_sum", "weights_from",
 ]
-
-
-# --------------------------------------------------------------------------- weights
-
-
-def _positive_vector(values: ArrayLike, what: str) -> FloatArray:
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 1 or v.size == 0:
-        raise ValueError(f"{what} must be a non-empty 1-D vector; got shape {v.shape}")
-    if not np.all(np.isfinite(v)) or np.any(v <= 0):
-        raise ValueError(f"{what} must be finite and > 0 (a weight w_i = 0 divides by n w_i); got {v}")
-    return v
-
-
-def weights_from(values: ArrayLike) -> FloatArray:
-    """Normalise positive per-client values into weights: ``w_i = v_i / sum_j v_j``.
-
-    With ``v_i = L_i`` this is EF21-W's choice (ICLR 2024, Algorithm 2); with
-    ``v_i = m_i`` (local data sizes) it is the data-size option; with ``v_i = 1`` EF21.
-    """
-    v = _positive_vector(values, "per-client weight values")
-    return v / v.sum()  # w_i = v_i / sum_j v_j
-
-
-def smoothness_weights(L: ArrayLike) -> FloatArray:
-    """EF21-W weights ``w_i = L_i / sum_j L_j`` (ICLR 2024, Algorithm 2)."""
-    return weights_from(_positive_vector(L, "smoothness constants L_i"))
-
-
-def scales(weights: ArrayLike) -> FloatArray:
-    """The per-client factor ``n w_i`` that client i divides its gradient by (1 for EF21)."""
-    w = _positive_vector(weights, "weights")
-    if not math.isclose(float(w.sum()), 1.0, rel_tol=1e-9):
-        raise ValueError(f"weights must sum to 1; got sum {w.sum()!r}")
-    return w.size * w  # n w_i
-
-
-# ------------------------------------------------------------------ smoothness means
-
-
-def l_am(L: ArrayLike) -> float:
-    """Arithmetic mean ``L_AM = (1/n) sum_i L_i`` (ICLR 2024, eq. for L_AM)."""
-    return float(np.mean(_positive_vector(L, "smoothness constants L_i")))
-
-
-def l_qm(L: ArrayLike) -> float:
-    """Quadratic mean ``L_QM = sqrt((1/n) sum_i L_i^2)`` (EF21's ``L~``, NeurIPS 2021)."""
-    v = _positive_vector(L, "smoothness constants L_i")
-    return float(np.sqrt(np.mean(v**2)))
-
-
-def l_weighted(L: ArrayLike, weights: ArrayLike) -> float:
-    """The constant that replaces ``L_QM`` for arbitrary positive weights.
-
-    ``L_w = sqrt(sum_i w_i (L_i / (n w_i))^2) = sqrt(sum_i L_i^2 / (n^2 w_i))``: the
-    weighted quadratic mean of the smoothness constants of the rescaled functions
-    ``f_i / (n w_i)`` that EF21-W's clients work with. ``w_i = 1/n`` gives ``L_QM``,
-    ``w_i = L_i / sum L_j`` gives ``L_AM`` (its minimum over w, by Cauchy-Schwarz).
-    This is our reading of the proof of Theorem 2 (ICLR 2024) with general weights;
-    the paper states the theorem for ``w_i proportional to L_i`` only.
-    """
-    v = _positive_vector(L, "smoothness constants L_i")
-    w = _positive_vector(weights, "weights")
-    if w.shape != v.shape:
-        raise ValueError(f"need one weight per L_i; got {w.size} weights for {v.size} L_i")
-    n = v.size
-    return float(np.sqrt(np.sum(v**2 / (n * n * w))))  # sqrt(sum L_i^2 / (n^2 w_i))
-
-
-# ------------------------------------------------------------------------ step sizes
-
-
-def theta_beta(alpha: float) -> tuple[float, float]:
-    """``theta = 1 - sqrt(1-alpha)``, ``beta = (1-alpha) / (1 - sqrt(1-alpha))``.
-
-    The constants of EF21 (NeurIPS 2021, Theorem 1, with the Young parameter
-    ``s = 1/sqrt(1-alpha) - 1`` that minimises ``beta/theta``). ``alpha`` is the
-    contraction parameter of C: ``||C(x) - x||^2 <= (1 - alpha) ||x||^2``.
-    """
-    if not (0.0 < alpha <= 1.0) or not math.isfinite(alpha):
-        raise ValueError(f"a contractive compressor has alpha in (0, 1]; got alpha={alpha!r}")
-    r = math.sqrt(1.0 - alpha)
-    theta = 1.0 - r  # theta = 1 - sqrt(1 - alpha)
-    beta = (1.0 - alpha) / theta  # beta = (1 - alpha) / (1 - sqrt(1 - alpha))
-    return theta, beta
-
-
-def stepsize(L: float, L_tilde: float, alpha: float) -> float:
-    """``gamma = 1 / (L + L_tilde sqrt(beta/theta))`` (EF21 Theorem 1; EF21-W Theorem 2).
-
-    ``L`` is the smoothness of f, ``L_tilde`` is ``L_QM`` (EF21), ``L_AM`` (EF21-W) or
-    :func:`l_weighted`. With ``alpha = 1`` (no compression) this is ``1/L``.
-    """
-    if not (L > 0 and L_tilde > 0 and math.isfinite(L) and math.isfinite(L_tilde)):
-        raise ValueError(f"step size needs finite L > 0 and L_tilde > 0; got L={L}, L_tilde={L_tilde}")
-    theta, beta = theta_beta(alpha)
-    return 1.0 / (L + L_tilde * math.sqrt(beta / theta))  # 1 / (L + L~ sqrt(beta/theta))
-
-
-def ef21_stepsize(L_i: ArrayLike, alpha: float, L: float | None = None) -> float:
-    """EF21's theoretical step ``1 / (L + L_QM sqrt(beta/theta))`` (NeurIPS 2021, Thm 1).
-
-    ``L`` (smoothness of f) defaults to ``L_AM``, a valid upper bound since
-    ``f = (1/n) sum f_i``; pass the exact value when it is known.
-    """
-    return stepsize(l_am(L_i) if L is None else L, l_qm(L_i), alpha)
-
-
-def ef21w_stepsize(L_i: ArrayLike, alpha: float, L: float | None = None) -> float:
-    """EF21-W's theoretical step ``1 / (L + L_AM sqrt(beta/theta))`` (ICLR 2024, Thm 2).
-
-    The ICLR 2024 paper's improved analysis gives the same step to the original EF21
-    (and for Top-k the iterates coincide anyway).
-    """
-    return stepsize(l_am(L_i) if L is None else L, l_am(L_i), alpha)
 
 
 # ------------------------------------------------------------------------ the server
@@ -246,80 +138,6 @@ def server_aggregate(g: np.ndarray, weights: ArrayLike, messages: Mapping[int, n
 # ------------------------------------------------------------------------ the client
 
 
-class EF21ClientState(NamedTuple):
-    """What client i keeps between rounds (plain arrays and an int: checkpointable).
-
-    Fields
-    ------
-    g : ndarray
-        ``g_i`` as the server knows it: the sum of all acknowledged messages. The
-        server's ``g`` contains ``w_i g``. Starts at zeros.
-    pending : ndarray
-        The last ``c_i`` sent, not yet known to have reached the server. Committed to
-        ``g`` by :func:`client_commit` only if the server acknowledges it, so a reply
-        lost in the network does not break ``g == sum_i w_i g_i``.
-    pending_round : int
-        Round in which ``pending`` was sent; -1 when nothing is pending.
-    started : bool
-        Whether the server has acknowledged a message from this client, i.e. holds
-        ``w_i g_i`` in its ``g``. Until then every message goes uncompressed.
-    """
-
-    g: np.ndarray
-    pending: np.ndarray
-    pending_round: int
-    started: bool
-
-
-def client_init(dim: int, dtype: str = "float64") -> EF21ClientState:
-    """Fresh state: ``g_i = 0``, nothing pending, first message still to send."""
-    if dim <= 0:
-        raise ValueError(f"model dimension must be positive; got {dim}")
-    z = np.zeros(dim, dtype=dtype)
-    return EF21ClientState(g=z, pending=z.copy(), pending_round=-1, started=False)
-
-
-def client_commit(state: EF21ClientState, acked_round: int) -> EF21ClientState:
-    """Commit the pending message if the server acknowledges the round it was sent in.
-
-    ``acked_round`` is the last round in which the server added this client's message
-    (the server tells the client, one int). ``g_i = g_i + c_i`` only then; otherwise
-    the message was lost and is dropped, exactly as the server dropped it.
-    """
-    if state.pending_round < 0:
-        return state
-    zero = np.zeros_like(state.pending)
-    if acked_round == state.pending_round:
-        return EF21ClientState(state.g + state.pending, zero, -1, True)  # g_i = g_i + c_i
-    # Lost: the server never added it, so neither does the client. A lost first
-    # message leaves ``started`` False: the next message goes uncompressed again.
-    return EF21ClientState(state.g, zero, -1, state.started)
-
-
-def client_round(
-    state: EF21ClientState,
-    grad: np.ndarray,
-    scale: float,
-    compress: Compress,
-    rnd: int,
-    acked_round: int,
-) -> tuple[np.ndarray, bool, EF21ClientState]:
-    """What the ClientApp does in round ``rnd``: commit, then one EF21-W step.
-
-    Returns ``(c_i, dense, new_state)``; ``dense`` is True for the first message
-    (``c_i = grad/(n w_i)`` uncompressed, to be sent with a dense codec), False
-    afterwards (``c_i = C(grad/(n w_i) - g_i)``, already in the compressor's image).
-    """
-    state = client_commit(state, acked_round)
-    dense = not state.started
-    c, _ = client_step(grad, state.g, scale, _identity if dense else compress)
-    return c, dense, state._replace(pending=c, pending_round=rnd)
-
-
-def _identity(x: np.ndarray) -> np.ndarray:
-    return x
-
-
 def client_step(
     grad: np.ndarray,
     g_i: np.ndarray,
@@ -343,3 +161,273 @@ def client_step(
     if c.shape != g_i.shape:
         raise ValueError(f"compressor returned shape {c.shape}, expected {g_i.shape}")
     return c, g_i + c  # g_i = g_i + c_i
+
+
+# ---------------------------------------------------------------------- the strategy
+
+
+@STRATEGIES.register("ef21w")
+class EF21W(Strategy):
+    """EF21-W (and EF21, EF21-SGD, EF21-PP) as a fedsim strategy; see the module docstring.
+
+    Runs inside fedsim's :class:`~fedsim.engine.wrapper.FedsimWrapper` (sampling, byte
+    counts, the network model): it consumes the clients' raw payloads and validates
+    them itself. Per round it reports in ``round_metrics``: ``ef21_gamma``, ``ef21_L_qm``,
+    ``ef21_L_am``, ``ef21_alpha``, ``ef21_steps`` (steps taken so far), ``ef21_g_sq``
+    (``||g||^2``) and, with ``monitor``, ``grad_norm_sq`` = ``||grad f(x)||^2`` and
+    ``train_f`` = ``f(x)`` at the model returned (``f = (1/n) sum_i f_i`` over every
+    client's full partition, computed on the server from the data config: a
+    diagnostic, not part of the algorithm).
+
+    Parameters
+    ----------
+    weights : {"smoothness", "equal", "data-size"}
+        ``w_i = L_i / sum L_j`` (EF21-W), ``1/n`` (EF21) or ``m_i / sum m_j``.
+    compressor : {"topk", "identity", "codec"}
+        Top-k over the whole model vector (``k`` coordinates, alpha = k/d); none
+        (alpha = 1: EF21 is gradient descent); or the run's codec per tensor, which
+        must be memoryless and declare its alpha (or pass ``alpha``).
+    k : int, optional
+        Coordinates kept by ``topk``.
+    alpha : float, optional
+        Contraction of the ``codec`` compressor, if the codec does not declare it.
+    multiplier : float
+        ``gamma = multiplier x`` the theoretical step (the papers try 1, 2, 4, ...).
+    step : float, optional
+        An explicit ``gamma`` instead of the theory (then ``L_i`` are needed only for
+        ``weights: smoothness``).
+    theory : {"auto", "qm", "am"}
+        ``L~`` of the theoretical step: ``auto`` = ``L_QM`` for EF21, ``L_AM`` for EF21-W
+        (:func:`l_weighted` in general); ``qm`` / ``am`` force one.
+    L_i : list of float, optional
+        The clients' smoothness constants, in client-id order; by default each client
+        computes its own and sends it with its first message.
+    L : float, optional
+        Smoothness of f; default ``L_AM`` (an upper bound).
+    start : {"dense", "zero"}
+        ``dense``: first messages uncompressed, first step once all are in (the
+        papers'); ``zero``: ``g_i^0 = 0``, compressed from the start.
+    batch_size : int, optional
+        Minibatch size for EF21-SGD (the step keeps the full-gradient theory x
+        ``multiplier``); default the full local dataset.
+    dtype : {"float32", "float64"}
+        Precision of the model sent and of dense / top-k values sent back.
+    monitor : bool
+        Compute ``grad_norm_sq`` and ``train_f`` each round (one pass over the data).
+    """
+
+    consumes_payloads = True
+
+    def __init__(self, weights: str = "smoothness", compressor: str = "topk", k: int | None = None,
+                 alpha: float | None = None, multiplier: float = 1.0, step: float | None = None,
+                 theory: str = "auto", L_i: list[float] | None = None, L: float | None = None,
+                 start: str = "dense", batch_size: int | None = None, dtype: str = "float32",
+                 monitor: bool = True) -> None:
+        if weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}; got {weights!r}")
+        if theory not in THEORIES:
+            raise ValueError(f"theory must be one of {THEORIES}; got {theory!r}")
+        if compressor not in ("topk", "identity", "codec"):
+            raise ValueError(f"compressor must be 'topk', 'identity' or 'codec'; got {compressor!r}")
+        if (compressor == "topk" or k is not None) and not (isinstance(k, int) and k >= 1):
+            raise ValueError(f"compressor 'topk' needs an integer k >= 1 (coordinates kept); got k={k!r}")
+        if start not in ("dense", "zero"):
+            raise ValueError(f"start must be 'dense' (first messages uncompressed) or 'zero'; got {start!r}")
+        if not (multiplier > 0 and math.isfinite(multiplier)):
+            raise ValueError(f"multiplier must be finite and > 0; got {multiplier!r}")
+        if step is not None and multiplier != 1.0:
+            raise ValueError("give either step (an explicit gamma) or multiplier (x the theory), not both")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (EF21-SGD) or null (full batch); got {batch_size}")
+        if dtype not in WIRE_DTYPES:
+            raise ValueError(f"dtype must be one of {WIRE_DTYPES}; got {dtype!r}")
+        if L_i is not None:
+            positive_vector(L_i, "L_i")
+        self.weights, self.compressor, self.k, self.alpha_param = weights, compressor, k, alpha
+        self.multiplier, self.step, self.theory, self.L_given, self.L = multiplier, step, theory, L_i, L
+        self.start, self.batch_size, self.dtype, self.monitor = start, batch_size, dtype, monitor
+        self.round_metrics: dict[str, Any] = {}
+        self.wrapper: Any = None
+        self.x: np.ndarray | None = None  # the model, one float64 vector
+        self.g: np.ndarray | None = None  # sum_i w_i g_i = (1/n) sum_i h_i
+        self.acked: dict[int, int] = {}  # client -> last round whose message was added; -1 none
+        self.L_known: dict[int, float] = {}
+        self.m_known: dict[int, float] = {}
+        self.plan: Plan | None = None
+        self.steps = 0
+        self._sent: dict[int, tuple[float, bool]] = {}  # client -> (scale, dense) this round
+
+    # -- set-up ------------------------------------------------------------------------
+    def bind_wrapper(self, wrapper: Any) -> None:
+        self.wrapper = wrapper
+
+    def _setup(self, arrays: ArrayRecord) -> None:
+        if self.wrapper is None:
+            raise RuntimeError("EF21W runs inside fedsim's FedsimWrapper (it needs the client ids and the spec)")
+        from fedsim.codecs.model import tensor_infos
+        from fedsim.config import ClientSpec
+
+        self.keys = list(arrays.keys())
+        tensors = [np.asarray(a, dtype=np.float64) for a in arrays.to_numpy_ndarrays()]
+        self.shapes = [t.shape for t in tensors]
+        self.x = np.concatenate([t.reshape(-1) for t in tensors])
+        d = self.x.size
+        self.g = np.zeros(d)
+        self.clients = sorted(self.wrapper.context.node_to_client.values())
+        self.index = {c: i for i, c in enumerate(self.clients)}
+        self.acked = {c: -1 for c in self.clients}
+        self.spec = ClientSpec.from_json(self.wrapper.spec_json)
+        self.dense_wire = DenseWire(d, self.dtype)
+        if self.compressor == "topk":
+            if self.k > d:  # type: ignore[operator]
+                raise ValueError(f"top-k needs k <= d = {d} (the model's size); got k={self.k}")
+            self.wire: Any = TopKWire(self.k, d, self.dtype)  # type: ignore[arg-type]
+        elif self.compressor == "identity":
+            self.wire = self.dense_wire
+        else:
+            infos = tensor_infos([(k, s) for k, s in zip(self.keys, self.shapes)])
+            self.wire = CodecWire(self.wrapper.codec, infos, self.alpha_param)
+        if self.L_given is not None:
+            if len(self.L_given) != len(self.clients):
+                raise ValueError(f"L_i lists {len(self.L_given)} constants for {len(self.clients)} clients")
+            self.L_known = {c: float(v) for c, v in zip(self.clients, self.L_given)}
+        self._try_plan()
+
+    def _needs_L(self) -> bool:
+        return self.weights == "smoothness" or self.step is None
+
+    def _try_plan(self) -> None:
+        """Fix the weights and the step once everything they need is known (logged once)."""
+        n = len(self.clients)
+        if self.plan is not None or (self._needs_L() and len(self.L_known) < n):
+            return
+        if self.weights == "data-size" and len(self.m_known) < n:
+            return
+        L_i = [self.L_known[c] for c in self.clients] if len(self.L_known) == n else None
+        m_i = [self.m_known[c] for c in self.clients] if len(self.m_known) == n else None
+        self.plan = plan(self.weights, self.wire.alpha, L_i, m_i if m_i else [1.0] * n, self.L, self.theory,
+                         self.multiplier, self.step)
+        log.info("EF21 (%s weights): alpha=%.4g, L_QM=%s, L_AM=%s, gamma=%.6g", self.weights, self.wire.alpha,
+                 self.plan.L_qm, self.plan.L_am, self.plan.gamma)
+
+    def _scale(self, client: int) -> float:
+        return 1.0 if self.plan is None else float(len(self.clients) * self.plan.weights[self.index[client]])  # n w_i
+
+    # -- a round -----------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        if self.x is None:
+            self._setup(arrays)
+        model = self._record(self.dtype)
+        self._sent = {}
+        out = []
+        for node in grid.get_node_ids():
+            client = self.wrapper.context.node_to_client[node]
+            scale, dense = self._scale(client), self.start == "dense" and self.acked[client] < 0
+            self._sent[client] = (scale, dense)
+            cfg = ConfigRecord(dict(config))
+            cfg.update(client_config(scale, self.acked[client], dense, self._needs_L() and client not in self.L_known,
+                                     self.compressor, self.k, self.dtype, self.batch_size))
+            out.append(Message(RecordDict({ARRAYS: model, CONFIG: cfg}), dst_node_id=node,
+                               message_type=MessageType.TRAIN))
+        return out
+
+    def _record(self, dtype: str) -> ArrayRecord:
+        """``x`` as the model's tensors (same names and shapes as the model the run started from)."""
+        parts = np.split(self.x, np.cumsum([math.prod(s) for s in self.shapes])[:-1])  # type: ignore[arg-type]
+        return ArrayRecord({k: Array(np.ascontiguousarray(p.reshape(s), dtype=dtype))
+                            for k, p, s in zip(self.keys, parts, self.shapes)})
+
+    def _wire_for(self, client: int) -> Any:
+        if client not in self._sent:
+            raise PayloadError(f"client {client} was not sent an EF21 message this round")
+        return self.dense_wire if self._sent[client][1] else self.wire
+
+    def validate_update(self, payload: dict[str, np.ndarray], client: int) -> None:
+        """Dense first message or compressed message, as asked: keys, dtypes, sizes, finite."""
+        self._wire_for(client).validate(payload)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        assert self.x is not None and self.g is not None
+        seed, node_to_client = self.wrapper.seed, self.wrapper.context.node_to_client
+        received: dict[int, np.ndarray] = {}
+        loss_sum = examples = 0.0
+        for msg in replies:
+            client = node_to_client[msg.metadata.src_node_id]
+            payload = {k: a.numpy() for k, a in msg.content.array_records[PAYLOAD].items()}
+            c = self._wire_for(client).decode(payload, seed, server_round, client)
+            if not np.isfinite(c).all():
+                log.warning("round %d: EF21 message of client %d decodes to non-finite values; dropped",
+                            server_round, client)
+                continue
+            received[client] = c
+            metrics = msg.content.metric_records[METRICS]
+            self.m_known[client] = float(metrics["num-examples"])
+            loss_sum += float(metrics["train-loss"]) * self.m_known[client]
+            examples += self.m_known[client]
+            reported_L = float(metrics.get("ef21-L", 0.0))
+            if client not in self.L_known and math.isfinite(reported_L) and reported_L > 0:
+                self.L_known[client] = reported_L
+        self._apply_server_attack(server_round, received)
+        n = len(self.clients)
+        w_sent = np.array([self._sent[c][0] / n if c in received else 0.0 for c in self.clients])  # w_i = s_i / n
+        self.g = server_aggregate(self.g, w_sent, {self.index[c]: v for c, v in received.items()})  # g += w_i c_i
+        for c in received:
+            self.acked[c] = server_round
+        self._try_plan()
+        if self.plan is not None and (self.start == "zero" or min(self.acked.values()) >= 0):
+            self.x = server_step(self.x, self.g, self.plan.gamma)  # x = x - gamma g
+            self.steps += 1
+        self._report()
+        train = MetricRecord({"train-loss": loss_sum / examples, "num-examples": examples}) if examples else None
+        return self._record("float32"), train  # what the server evaluates and the next round passes back
+
+    def _apply_server_attack(self, server_round: int, received: dict[int, np.ndarray]) -> None:
+        """Omniscient attacks forge the Byzantine clients' decoded c_i from the honest ones."""
+        attack, byz_ids = self.wrapper.server_attack, self.wrapper.server_attackers
+        byz = sorted(c for c in received if c in byz_ids)
+        honest = sorted(c for c in received if c not in byz_ids)
+        if attack is None or not byz or not honest:
+            return
+        forged = attack.forge(np.stack([received[c] for c in honest]), len(byz),
+                              np.random.default_rng([self.wrapper.seed, server_round, 0xA77AC]))
+        for c, row in zip(byz, forged):
+            received[c] = np.asarray(row, dtype=np.float64)
+
+    def _report(self) -> None:
+        p = self.plan
+        m: dict[str, Any] = {"ef21_gamma": p.gamma if p else None, "ef21_L_qm": p.L_qm if p else None,
+                             "ef21_L_am": p.L_am if p else None, "ef21_alpha": self.wire.alpha,
+                             "ef21_steps": self.steps, "ef21_g_sq": float(self.g @ self.g)}  # type: ignore[operator]
+        if self.monitor:
+            from fedsim.ef21.oracles import local_problem
+
+            results = [local_problem(self.spec, c).loss_grad(self.x) for c in self.clients]  # type: ignore[arg-type]
+            grad_f = np.mean([gr for _, gr in results], axis=0)  # grad f = (1/n) sum_i grad f_i
+            m["grad_norm_sq"] = float(grad_f @ grad_f)
+            m["train_f"] = float(np.mean([f for f, _ in results]))
+        self.round_metrics = m
+
+    # -- evaluation is the server's (fedsim evaluates the returned model) ----------------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+    def summary(self) -> None:
+        log.info("EF21W: weights=%s, compressor=%s, k=%s, start=%s, plan=%s", self.weights, self.compressor,
+                 self.k, self.start, self.plan)
+
+
+@STRATEGIES.register("ef21")
+def ef21(**params: Any) -> EF21W:
+    """EF21 (NeurIPS 2021): :class:`EF21W` with equal weights ``w_i = 1/n``."""
+    if "weights" in params:
+        raise ValueError("strategy 'ef21' has equal weights; use 'ef21w' to choose weights")
+    return EF21W(weights="equal", **params)
+
+
+ef21.params_target = EF21W  # type: ignore[attr-defined]  # user params are checked against EF21W's
+

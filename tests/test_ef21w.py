@@ -17,10 +17,8 @@ from hypothesis import strategies as st
 from fedsim.ef21.compressors import Identity, TopK
 from fedsim.ef21.reference import logreg_oracles, run_ef21
 from fedsim.problems.logreg import grad, smoothness
+from fedsim.ef21.client import client_commit, client_init, client_round
 from fedsim.strategies.ef21w import (
-    client_commit,
-    client_init,
-    client_round,
     client_step,
     ef21_stepsize,
     ef21w_stepsize,
@@ -275,14 +273,14 @@ def test_tolerance_stops_early_and_rounds_to():
 
 
 def test_client_round_first_message_is_dense_then_compressed():
+    # The client keeps h_i = n w_i g_i; dense = the identity as C; scale s_i = n w_i = 2.
     st0 = client_init(4)
-    c, dense, st1 = client_round(st0, np.array([4.0, -2.0, 1.0, 0.5]), 2.0, TopK(1, 4).compress, rnd=0, acked_round=-1)
-    assert dense
+    c, st1 = client_round(st0, np.array([4.0, -2.0, 1.0, 0.5]), 2.0, Identity().compress, rnd=0, acked_round=-1)
     np.testing.assert_allclose(c, [2.0, -1.0, 0.5, 0.25])  # grad / (n w_i), uncompressed
-    c, dense, st2 = client_round(st1, np.array([4.0, 0.0, 1.0, 0.5]), 2.0, TopK(1, 4).compress, rnd=1, acked_round=0)
-    assert not dense
-    np.testing.assert_allclose(st2.g, [2.0, -1.0, 0.5, 0.25])  # round 0 committed
-    np.testing.assert_allclose(c, [0.0, 1.0, 0.0, 0.0])  # Top1([2,0,.5,.25] - g)
+    c, st2 = client_round(st1, np.array([4.0, 0.0, 1.0, 0.5]), 2.0, TopK(1, 4).compress, rnd=1, acked_round=0)
+    np.testing.assert_allclose(st2.h / 2.0, [2.0, -1.0, 0.5, 0.25])  # round 0 committed: g_i = h_i / s_i
+    np.testing.assert_allclose(c, [0.0, 1.0, 0.0, 0.0])  # Top1([2,0,.5,.25] - g_i)
+    np.testing.assert_allclose(st2.pending, 2.0 * c)  # s_i c_i, committed when acknowledged
 
 
 def test_lost_reply_is_not_committed_and_invariant_survives_dropouts():
@@ -303,20 +301,23 @@ def test_lost_reply_is_not_committed_and_invariant_survives_dropouts():
     for rnd in range(200):
         received = {}
         for i, (A, b) in enumerate(parts):
-            c, dense, states[i] = client_round(states[i], grad(x, A, b), s[i], C.compress, rnd, acked[i])
+            compress = Identity().compress if acked[i] < 0 else C.compress  # dense until the server has one
+            c, states[i] = client_round(states[i], grad(x, A, b), s[i], compress, rnd, acked[i])
             if rng.random() < 0.7:  # the reply arrives
                 received[i] = c
                 acked[i] = rnd
         g = server_aggregate(g, w, received)
-        committed = [client_commit(st_, a).g for st_, a in zip(states, acked)]
+        committed = [client_commit(st_, a).h / s[i] for i, (st_, a) in enumerate(zip(states, acked))]  # g_i
         np.testing.assert_allclose(g, sum(wi * gi for wi, gi in zip(w, committed)), rtol=1e-12, atol=1e-14)
         x = server_step(x, g, gamma)
     assert float(fg(x) @ fg(x)) < 1e-2 * start
 
 
-def test_lost_first_message_is_resent_dense():
+def test_lost_message_is_dropped_on_both_sides():
     st0 = client_init(2)
-    _, dense, st1 = client_round(st0, np.array([1.0, 2.0]), 1.0, Identity().compress, rnd=0, acked_round=-1)
-    _, dense2, st2 = client_round(st1, np.array([1.0, 2.0]), 1.0, Identity().compress, rnd=1, acked_round=-1)
-    assert dense and dense2
-    np.testing.assert_array_equal(st2.g, [0.0, 0.0])
+    _, st1 = client_round(st0, np.array([1.0, 2.0]), 1.0, Identity().compress, rnd=0, acked_round=-1)
+    _, st2 = client_round(st1, np.array([1.0, 2.0]), 1.0, Identity().compress, rnd=1, acked_round=-1)
+    np.testing.assert_array_equal(st2.h, [0.0, 0.0])  # round 0 never reached the server
+    assert st2.pending_round == 1
+    np.testing.assert_array_equal(client_commit(st2, acked_round=1).h, [1.0, 2.0])
+

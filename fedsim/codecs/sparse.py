@@ -306,6 +306,19 @@ class TopK(Codec):
     def check(self, payload: Payload, info: TensorInfo) -> None:
         self.format.check(payload, info)
 
+    def contraction_alpha(self, info: TensorInfo) -> float:
+        """alpha with ``||C(x) - x||^2 <= (1 - alpha) ||x||^2`` for one tensor: ``k / numel``.
+
+        Top-k keeps the k largest squares, at least a k/numel share of ``||x||^2``
+        (EF21, NeurIPS 2021, Example 1); a tensor sent dense has alpha 1. Declared for
+        float32 values only: float16 rounding adds an error the bound does not cover.
+        """
+        if self.format.values != "float32":
+            raise ValueError(f"topk alpha is declared for float32 values only; got values={self.format.values!r}")
+        if self.is_dense(info) or info.numel == 0:
+            return 1.0
+        return num_selected(info.numel, self.density) / info.numel  # alpha = k / numel
+
 
 class RandK(Codec):
     """Send k = ceil(numel * density) entries chosen uniformly without replacement.

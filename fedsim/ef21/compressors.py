@@ -94,11 +94,16 @@ class TopK:
         self.d = int(d)
         self.alpha = self.k / self.d  # alpha = k/d
 
-    def compress(self, x: np.ndarray) -> np.ndarray:
+    def indices(self, x: np.ndarray) -> np.ndarray:
+        """The k kept positions, ascending (what a sparse message sends)."""
         x = np.asarray(x)
         if x.shape != (self.d,):
             raise ValueError(f"TopK(k={self.k}, d={self.d}) got a vector of shape {x.shape}")
-        keep = np.argsort(-np.abs(x), kind="stable")[: self.k]
+        return np.sort(np.argsort(-np.abs(x), kind="stable")[: self.k])
+
+    def compress(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        keep = self.indices(x)
         out = np.zeros_like(x)
         out[keep] = x[keep]
         return out

@@ -1,0 +1,84 @@
+"""The ``ef21`` client task: one gradient, one compressed difference (EF21 / EF21-W).
+
+The EF21-W strategy (:mod:`fedsim.strategies.ef21w`) sends the model ``x`` and, in the
+config, what this client's round needs (keys ``ef21.*``, written by
+:func:`fedsim.ef21.client.client_config`):
+
+``ef21.scale`` (float)   ``s_i = n w_i`` (1 for EF21, or before the weights are known)
+``ef21.acked`` (int)     the last round whose message from this client the server added
+``ef21.dense`` (bool)    send the uncompressed ``(grad - h_i)/s_i`` (first message)
+``ef21.want-L`` (bool)   report ``L_i`` in the metrics (``ef21-L``)
+``ef21.wire`` (str)      ``dense`` | ``topk`` | ``codec``; ``ef21.k`` for topk
+``ef21.dtype`` (str)     float32 | float64: values on the wire
+``ef21.batch`` (int)     minibatch size for EF21-SGD; 0 = full batch
+
+The client evaluates its gradient once at ``x`` (full batch, or a minibatch drawn
+from the job's seed), runs :func:`fedsim.ef21.client.client_round` with the state
+kept in Flower's ``Context.state``, and replies with the encoded ``c_i``. Metrics:
+``num-examples`` (m_i), ``train-loss`` (``f_i(x)``), and ``ef21-L`` when asked.
+A Byzantine client's attack replaces its gradient before the step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedsim.codecs.model import tensor_infos
+from fedsim.ef21.client import client_round, from_arrays, to_arrays
+from fedsim.ef21.oracles import local_problem
+from fedsim.ef21.wire import CodecWire, DenseWire, TopKWire, Wire
+from fedsim.registry import CODECS
+from fedsim.wire import ARRAYS
+
+from .tasks import TASKS, Job, TaskResult
+
+
+def _wire(job: Job, kind: str, d: int, shapes: list[tuple[str, tuple[int, ...]]]) -> Wire:
+    cfg = job.config
+    dtype = str(cfg["ef21.dtype"])
+    if kind == "dense":
+        return DenseWire(d, dtype)
+    if kind == "topk":
+        return TopKWire(int(cfg["ef21.k"]), d, dtype)  # type: ignore[arg-type]
+    if kind == "codec":
+        return CodecWire(CODECS.build(job.spec.codec.name, job.spec.codec.params), tensor_infos(shapes), alpha=1.0)
+    raise ValueError(f"unknown EF21 wire {kind!r}; known: dense, topk, codec")
+
+
+@TASKS.register("ef21")
+def ef21(job: Job) -> TaskResult:
+    """One EF21-W client round; see the module docstring."""
+    cfg = job.config
+    record = job.message.content.array_records[ARRAYS]
+    shapes = [(k, tuple(a.shape)) for k, a in record.items()]
+    x = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in record.to_numpy_ndarrays()])
+    problem = local_problem(job.spec, job.client)
+    if problem.dim != x.size:
+        raise ValueError(f"the model sent has {x.size} coordinates, the configured model {problem.dim}")
+    rng = np.random.default_rng(job.seed + [0xEF21])
+    batch_size = int(cfg.get("ef21.batch", 0))  # type: ignore[arg-type]
+    batch = None
+    if 0 < batch_size < problem.num_examples:  # EF21-SGD: a minibatch without replacement
+        batch = np.sort(rng.choice(problem.num_examples, size=batch_size, replace=False))
+    loss, grad = problem.loss_grad(x, batch)
+    if job.attack is not None:
+        grad = np.concatenate([np.ravel(a) for a in job.attack.corrupt([grad], rng)]).astype(np.float64)
+
+    dense = bool(cfg["ef21.dense"])
+    wire = _wire(job, "dense" if dense else str(cfg["ef21.wire"]), x.size, shapes)
+    sent: dict[str, np.ndarray] = {}
+
+    def compress(v: np.ndarray) -> np.ndarray:
+        payload, decoded = wire.encode(v, job.spec.seed, job.round, job.client)
+        sent.update(payload)
+        return decoded  # c_i as the server decodes it: both sides add the same vector
+
+    store = job.store
+    state = from_arrays(store.load(), x.size)
+    _, state = client_round(state, grad, float(cfg["ef21.scale"]), compress,  # type: ignore[arg-type]
+                            job.round, int(cfg["ef21.acked"]))  # type: ignore[arg-type]
+    store.save(to_arrays(state))
+    metrics = {"num-examples": float(problem.num_examples), "train-loss": float(loss)}
+    if bool(cfg.get("ef21.want-L", False)):
+        metrics["ef21-L"] = float(problem.smoothness(x))
+    return sent, metrics
