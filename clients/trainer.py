@@ -115,6 +115,20 @@ def _train_numpy(spec: ClientSpec, names: Sequence[str], start: Sequence[np.ndar
                                            "train-loss": float(m["train_loss"])}
 
 
+_ANNOUNCED: set[str] = set()
+
+
+def _announce(chosen: str, requested: str) -> None:
+    """Say once per process which trainer runs (it shows in the SuperNode's log)."""
+    if chosen not in _ANNOUNCED:
+        _ANNOUNCED.add(chosen)
+        from logging import INFO
+
+        from flwr.common.logger import log
+
+        log(INFO, "fedsim: %s trainer (asked: %s)", chosen, requested)
+
+
 def local_train(
     spec: ClientSpec,
     names: Sequence[str],
@@ -131,6 +145,7 @@ def local_train(
     (1.0 when the numpy trainer ran).
     """
     chosen = choose_backend(backend, spec.model.name)
+    _announce(chosen, backend)
     ds = load_dataset(spec.data, spec.seed)
     x, y = load_partition(spec.data, spec.seed, client)
     if attack is not None:
