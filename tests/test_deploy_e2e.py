@@ -36,7 +36,7 @@ import pytest
 
 from fedsim.deploy import commands as C
 from fedsim.deploy.certs import write_node_keypair
-from fedsim.deploy.procs import Proc, bin_dir, start, stop, wait_for_text
+from fedsim.deploy.procs import Proc, bin_dir, start, stop_all, wait_for_text
 from fedsim.data.npz import write_npz
 
 pytestmark = pytest.mark.e2e
@@ -224,8 +224,7 @@ def outcome(tmp_path_factory, edge_bin) -> Outcome:
         out.server_rc = procs["server"].popen.wait(timeout=SCENARIO_TIMEOUT)
         lap("server done")
     finally:
-        for name, proc in reversed(procs.items()):
-            stop(proc, grace=15)
+        stop_all(list(procs.values()), grace=15)
         for name, proc in procs.items():
             out.logs[name] = proc.text()
         lap("stopped")

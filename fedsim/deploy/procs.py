@@ -149,6 +149,25 @@ def stop(proc: Proc, grace: float = 10.0, group: bool = True) -> int | None:
     return proc.popen.returncode
 
 
+def stop_all(procs: Sequence[Proc], grace: float = 10.0) -> None:
+    """SIGTERM every process group at once, wait up to ``grace`` in all, SIGKILL the rest."""
+    for proc in procs:
+        if proc.alive():
+            signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in procs:
+        signal_group(proc, signal.SIGKILL)  # leaders that did not stop, and their children
+        try:
+            proc.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def lock_directory(directory: Path) -> Any:
     """Hold an exclusive lock on ``directory/.lock`` for this process's lifetime.
 

@@ -276,7 +276,13 @@ class Deployment:
 
     # -- the whole thing ----------------------------------------------------------------
     def run(self) -> int:
-        lock = lock_directory(self.opts.workdir)  # noqa: F841  (held until this process exits)
+        lock = lock_directory(self.opts.workdir)  # one deployment per workdir (logs, app, CLI home)
+        try:
+            return self._run()
+        finally:
+            lock.close()
+
+    def _run(self) -> int:
         cfg, overrides = self.check()
         tls = self.tls()
         self.log(f"experiment {cfg.name}: {cfg.rounds} rounds, {cfg.clients_per_round} of "
