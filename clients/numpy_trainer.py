@@ -19,8 +19,11 @@ mlp        ``fc2.bias``       (C,)
 Inputs are float images in [0, 1] flattened row-major (C order, as ``torch.flatten``)
 to D features; logits are ``x @ W.T + b`` as in ``torch.nn.Linear``; the loss is the
 mean cross-entropy over the batch (``torch.nn.functional.cross_entropy``); the update is
-plain SGD, ``p <- p - lr * grad`` (``torch.optim.SGD(params, lr)``, no momentum or weight
-decay). Arithmetic is done in the parameters' dtype (float32 from the server).
+``torch.optim.SGD(params, lr, momentum, weight_decay)`` (dampening 0, no Nesterov):
+``g = grad + wd * p``, ``v = g`` at the first step and ``v <- mu * v + g`` after it,
+``p <- p - lr * v``, with the momentum buffer starting afresh at every call (as a new
+torch optimizer each round does). Arithmetic is done in the parameters' dtype (float32
+from the server).
 
 Nothing here imports torch: this module is what ``pip install fedsim[edge]`` runs.
 Randomness (initialisation, batch order) comes only from explicit seeds.
@@ -190,8 +193,11 @@ def train(
     batch_size: int,
     lr: float,
     seed: int,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
 ) -> tuple[Params, dict[str, float | int]]:
-    """Minibatch SGD on the mean cross-entropy; ``params`` is not modified.
+    """Minibatch SGD (with heavy-ball momentum and L2 weight decay, as ``torch.optim.SGD``)
+    on the mean cross-entropy; ``params`` is not modified.
 
     Parameters
     ----------
@@ -205,6 +211,8 @@ def train(
         SGD schedule: ``epochs`` passes, minibatches of ``batch_size``, step ``lr``.
     seed
         Seeds the batch order (:func:`batch_order`).
+    momentum, weight_decay
+        ``mu`` in [0, 1) and ``wd`` >= 0 of the update in the module docstring.
 
     Returns
     -------
@@ -214,6 +222,8 @@ def train(
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
+    if not 0 <= momentum < 1 or weight_decay < 0:
+        raise ValueError(f"need 0 <= momentum < 1 and weight_decay >= 0; got {momentum}, {weight_decay}")
     model_kind(params)
     out = {k: np.array(v, copy=True) for k, v in params.items()}
     first = "linear.weight" if "linear.weight" in out else "fc1.weight"
@@ -224,12 +234,19 @@ def train(
     if n == 0:
         raise ValueError("no training examples")
     yi = _check_labels(y, n, last_w.shape[0])
-    step = dtype.type(lr)
+    step, mu, wd = dtype.type(lr), dtype.type(momentum), dtype.type(weight_decay)
+    velocity: Params = {}
     total, seen = 0.0, 0
     for idx in batch_order(n, batch_size, epochs, seed):
         loss, grads = loss_and_grads(out, xf[idx], yi[idx])
         for k, g in grads.items():
-            out[k] -= step * g.astype(dtype, copy=False)  # p <- p - lr * grad
+            g = g.astype(dtype, copy=False)
+            if wd:
+                g = g + wd * out[k]  # g = grad + wd * p
+            if mu:
+                v = velocity.get(k)
+                g = velocity[k] = g.copy() if v is None else mu * v + g  # v <- mu * v + g
+            out[k] -= step * g  # p <- p - lr * v
         total += loss * len(idx)
         seen += len(idx)
     return out, {"num_examples": int(n), "train_loss": total / seen}

@@ -37,7 +37,7 @@ from fedsim.registry import CODECS, Registry
 from fedsim.state import ContextStore
 from fedsim.wire import ARRAYS
 
-from .trainer import local_train
+from .trainer import local_train, requested_backend
 
 TaskResult = tuple[dict[str, np.ndarray], dict[str, float]]
 CODEC_KEY = "fedsim.codec"  # optional per-client codec override: PluginSpec JSON
@@ -82,7 +82,8 @@ def train(job: Job) -> TaskResult:
     """Local training, then the update encoded with the codec (state kept per client)."""
     names, start = job.model()
     t0 = time.perf_counter()
-    new, metrics = local_train(job.spec, names, start, job.client, job.seed, job.attack)
+    new, metrics = local_train(job.spec, names, start, job.client, job.seed, job.attack,
+                               backend=requested_backend(job.context.node_config))
     update = [n - s for n, s in zip(new, start)]
     if job.attack is not None:
         update = job.attack.corrupt(update, np.random.default_rng(job.seed + [0xA77]))

@@ -3,6 +3,7 @@
 ``fedsim run CONFIG [--set key=value ...]``   run an experiment (Flower simulation on Ray)
 ``fedsim compare RUN_DIR RUN_DIR ...``        overlay runs in one plot and print a table
 ``fedsim plugins``                            list the registered plugins
+``fedsim deploy ...``                         real devices over gRPC (:mod:`fedsim.deploy.cli`)
 
 A config error, an unknown plugin or a missing file exits with status 2 and one line.
 """
@@ -19,10 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 from fedsim.config import ConfigError, check_plugins, load_config
+from fedsim.deploy.cli import app as deploy_app
 from fedsim.metrics import make_run_dir, read_rows, summarize
 from fedsim.registry import PluginError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="fedsim: federated learning on Flower, simulated and deployed.")
+app.add_typer(deploy_app, name="deploy")
 console = Console(stderr=False)
 if not console.is_terminal:  # logs and CI: room for the summary table
     console = Console(stderr=False, width=140)

@@ -8,6 +8,7 @@ name                    source
 ``fashion-mnist``       IDX files; ``data.path`` or Debian's dataset-fashion-mnist
                         (``/usr/share/datasets/fashion-mnist``)
 ``mnist``               IDX files in ``data.path``
+``npz``                 numpy arrays in one ``.npz`` file at ``data.path`` (:mod:`.npz`)
 ======================  ==========================================================
 
 Images come out as float32 in [0, 1] with shape (N, 1, H, W); labels as int64.
@@ -175,3 +176,6 @@ def load_partition(data_cfg: object, seed: int, client: int) -> tuple[np.ndarray
     ds = load_dataset(data_cfg, seed)
     idx = client_indices(data_cfg, seed)[client]
     return ds.x_train[idx], ds.y_train[idx]
+
+
+from . import npz as _npz  # noqa: E402,F401  (registers the numpy-only "npz" dataset)
