@@ -263,6 +263,8 @@ def test_killed_node_is_dropped_and_the_round_completes(outcome):
     by = {(c["round"], c["client"]): c for c in outcome.clients}
     lost = [r for r in (1, 2) if by[(r, 1)]["status"] != "ok"]
     assert lost, f"client 1 was killed in round 1 but reported ok in every round: {outcome.clients}"
+    # the SuperLink answers for the dead node; the wrapper maps that reply back to client 1
+    assert all(by[(r, 1)]["status"] == "failed" for r in lost), outcome.clients
     for r in outcome.rows[1:]:
         assert r["replied"] >= 2, r  # the two live nodes always arrive
     assert all(by[(r, 0)]["status"] == "ok" for r in (1, 2))

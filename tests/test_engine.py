@@ -180,3 +180,22 @@ def test_sign_flipping_hurts_fedavg(tmp_path, cfg_factory):
     attacked = run_inprocess(cfg_factory("clients_per_round=10", "rounds=4",
                                          "attack={name: sign_flip, clients: [0, 1, 2, 3]}"), tmp_path / "att")
     assert attacked["final_accuracy"] < clean["final_accuracy"] - 0.2
+
+
+def test_an_error_reply_from_the_superlink_counts_against_the_dead_client(tmp_path, cfg_factory):
+    """A SuperLink answers for a node that died with an error whose source is itself (node 1)."""
+    cfg = cfg_factory("clients_per_round=10", "rounds=1")
+    grid = InProcessGrid(app, 10)
+    orig = grid.push_messages
+
+    def push(messages):
+        messages = list(messages)
+        grid.dead = {grid.node_ids[6]} if messages[0].metadata.message_type == "train" else set()
+        return orig(messages)
+
+    grid.push_messages = push
+    run_inprocess(cfg, tmp_path, grid)
+    r = read_rows(tmp_path)[1]
+    assert (r["replied"], r["failed"], r["no_reply"]) == (9, 1, 0)
+    (dead,) = [c for c in client_rows(tmp_path) if c["status"] == "failed"]
+    assert dead["client"] == 6 and "Node unavailable" in dead["reason"]

@@ -58,6 +58,7 @@ class InProcessGrid(Grid):
         }
         self._replies: dict[str, Message] = {}
         self.down: set[int] = set()  # nodes that never answer (tests of failures)
+        self.dead: set[int] = set()  # nodes whose SuperLink answers "node unavailable" for them
 
     def set_run(self, run_id: int) -> None:  # pragma: no cover - nothing to do
         pass
@@ -80,6 +81,12 @@ class InProcessGrid(Grid):
             msg.metadata.__dict__["_message_id"] = mid
             node = msg.metadata.dst_node_id
             if node in self.down:
+                continue
+            if node in self.dead:  # as a SuperLink does: an error reply whose source is itself
+                reply = Message(Error(code=_ERROR_CODE, reason="Node unavailable"), reply_to=msg)
+                reply.metadata.__dict__["_src_node_id"] = 1
+                self._replies[mid] = reply
+                ids.append(mid)
                 continue
             if self.serialize:
                 msg = _roundtrip(msg)

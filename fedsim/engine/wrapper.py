@@ -192,6 +192,7 @@ class FedsimWrapper(Strategy):
                 self.attackers[cid] = acfg
         self.stats = RoundStats()
         self._pending: dict[int, ClientLog] = {}
+        self._sent: list[Message] = []
         self.evaluator: Any = None  # set by the server loop: ArrayRecord -> (loss, accuracy)
         if hasattr(inner, "bind_wrapper"):
             inner.bind_wrapper(self)
@@ -265,6 +266,7 @@ class FedsimWrapper(Strategy):
             self._pending[node] = ClientLog(server_round, client, "no-reply", bytes_down=down)
             out.append(Message(content, dst_node_id=node, message_type=msg.metadata.message_type,
                                group_id=str(server_round)))
+        self._sent = out  # the grid sets each one's message_id when it pushes it
         self.stats.sampled = len(out) + sum(1 for e in self._pending.values() if e.status == "dropped-before")
         return out
 
@@ -276,6 +278,12 @@ class FedsimWrapper(Strategy):
         """Read and validate one reply; log and count it; None if it is rejected."""
         node = msg.metadata.src_node_id
         entry = self._pending.get(node)
+        if entry is None:
+            # A reply the SuperLink wrote itself (a node that died: src is the SuperLink)
+            # belongs to the client whose instruction it answers.
+            sent = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent if m.metadata.message_id}
+            node = sent.get(msg.metadata.reply_to_message_id, node)
+            entry = self._pending.get(node)
         if entry is None:
             log.warning("round %d: reply from unexpected node %d ignored", self.context.server_round, node)
             return None
