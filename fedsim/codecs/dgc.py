@@ -92,7 +92,7 @@ import numpy as np
 from fedsim.registry import CODECS
 
 from .base import Codec, CodecContext, Field, Payload, State, TensorInfo
-from .sparse import SparseFormat, check_density, num_selected, topk_indices
+from .sparse import SparseCodec, check_density, num_selected, topk_indices
 
 CLIP_EPS = 1e-6  # as in the reference code's clip_grad_norm_
 
@@ -244,7 +244,7 @@ def mask_sent(
 
 
 @CODECS.register("dgc")
-class DGC(Codec):
+class DGC(SparseCodec):
     """Deep Gradient Compression (Lin et al., ICLR 2018) as a per-tensor codec.
 
     Parameters
@@ -338,8 +338,7 @@ class DGC(Codec):
         self.upper = float(upper)
         self.lower = float(lower)
         self.max_iters = int(max_iters)
-        self.format = SparseFormat(values, index_coding)
-        self.dense_small = bool(dense_small)
+        super().__init__(values, index_coding, dense_small)
 
     # -- helpers
     def is_dense(self, info: TensorInfo) -> bool:
@@ -386,11 +385,3 @@ class DGC(Codec):
         u, v = mask_sent(u, v, idx, sent, self.momentum_masking and self.momentum_correction)
         return payload, {"u": u, "v": v}
 
-    def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
-        return self.format.decode(payload, info)
-
-    def fields(self, info: TensorInfo) -> dict[str, Field]:
-        return self.format.fields(info, self.is_dense(info))
-
-    def check(self, payload: Payload, info: TensorInfo) -> None:
-        self.format.check(payload, info)

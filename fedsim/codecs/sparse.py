@@ -256,7 +256,32 @@ class SparseFormat:
 # --------------------------------------------------------------------------- sparsifiers
 
 
-class TopK(Codec):
+class SparseCodec(Codec):
+    """What every sparsifier shares: the wire format, dense small tensors, decoding.
+
+    Subclasses implement ``encode``; ``decode``, ``fields`` and ``check`` delegate to
+    :class:`SparseFormat`, with :meth:`is_dense` deciding which tensors go dense.
+    """
+
+    def __init__(self, values: str = "float32", index_coding: str = "uint32", dense_small: bool = True) -> None:
+        self.format = SparseFormat(values, index_coding)
+        self.dense_small = bool(dense_small)
+
+    def is_dense(self, info: TensorInfo) -> bool:
+        """Whether ``info``'s tensor goes dense (small tensors: biases, norms)."""
+        return self.dense_small and len(info.shape) <= 1
+
+    def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
+        return self.format.decode(payload, info)
+
+    def fields(self, info: TensorInfo) -> dict[str, Field]:
+        return self.format.fields(info, self.is_dense(info))
+
+    def check(self, payload: Payload, info: TensorInfo) -> None:
+        self.format.check(payload, info)
+
+
+class TopK(SparseCodec):
     """Send the k = ceil(numel * density) entries of largest magnitude, exactly.
 
     Without memory this is biased; wrap it in :class:`ErrorFeedback` (the registered
@@ -282,13 +307,8 @@ class TopK(Codec):
         index_coding: str = "uint32",
         dense_small: bool = True,
     ) -> None:
+        super().__init__(values, index_coding, dense_small)
         self.density = check_density(density, "topk")
-        self.format = SparseFormat(values, index_coding)
-        self.dense_small = bool(dense_small)
-
-    def is_dense(self, info: TensorInfo) -> bool:
-        """Whether ``info``'s tensor goes dense (small tensors)."""
-        return self.dense_small and len(info.shape) <= 1
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         if self.dense_small and x.ndim <= 1:
@@ -296,15 +316,6 @@ class TopK(Codec):
         flat = np.asarray(x, dtype=np.float32).reshape(-1)
         idx = topk_indices(flat, num_selected(flat.size, self.density))
         return self.format.pack(idx, flat[idx]), state
-
-    def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
-        return self.format.decode(payload, info)
-
-    def fields(self, info: TensorInfo) -> dict[str, Field]:
-        return self.format.fields(info, self.is_dense(info))
-
-    def check(self, payload: Payload, info: TensorInfo) -> None:
-        self.format.check(payload, info)
 
     def contraction_alpha(self, info: TensorInfo) -> float:
         """alpha with ``||C(x) - x||^2 <= (1 - alpha) ||x||^2`` for one tensor: ``k / numel``.
@@ -320,7 +331,7 @@ class TopK(Codec):
         return num_selected(info.numel, self.density) / info.numel  # alpha = k / numel
 
 
-class RandK(Codec):
+class RandK(SparseCodec):
     """Send k = ceil(numel * density) entries chosen uniformly without replacement.
 
     The positions come from ``ctx.rng("randk")``. With ``scale=True`` the values are
@@ -358,11 +369,7 @@ class RandK(Codec):
         self.density = check_density(density, "randk")
         self.scale = bool(scale)
         self.seeded_indices = bool(seeded_indices)
-        self.format = SparseFormat(values, index_coding)
-        self.dense_small = bool(dense_small)
-
-    def is_dense(self, info: TensorInfo) -> bool:
-        return self.dense_small and len(info.shape) <= 1
+        super().__init__(values, index_coding, dense_small)
 
     def positions(self, numel: int, ctx: CodecContext) -> np.ndarray:
         """The k positions of this (seed, round, client, tensor), sorted."""
