@@ -68,8 +68,8 @@ class SubsetGrid(Grid):
         self._grid = grid
         self._nodes = list(node_ids)
 
-    def set_run(self, run_id: int) -> None:  # pragma: no cover - delegated
-        self._grid.set_run(run_id)
+    def set_run(self, run: Any) -> None:  # pragma: no cover - delegated
+        self._grid.set_run(run)
 
     @property
     def run(self) -> Any:  # pragma: no cover - delegated
