@@ -237,6 +237,7 @@ class FedsimWrapper(Strategy):
         view = SubsetGrid(grid, [self._client_to_node[c] for c in chosen])
         random.seed(int(np.random.SeedSequence([self.seed, server_round, 0xF1]).generate_state(1)[0]))
         out: list[Message] = []
+        decoded: dict[int, list[np.ndarray]] = {}  # one deserialisation per distinct record
         for msg in self.inner.configure_train(server_round, arrays, config, view):
             node = msg.metadata.dst_node_id
             client = ctx.node_to_client[node]
@@ -257,8 +258,9 @@ class FedsimWrapper(Strategy):
             model = content.array_records.get(ARRAYS)
             down = 0
             if model is not None:
-                base = [a.numpy() for a in model.values()]
-                ctx.base[node] = base
+                if id(model) not in decoded:
+                    decoded[id(model)] = [a.numpy() for a in model.values()]
+                base = ctx.base[node] = decoded[id(model)]
                 if not ctx.infos:
                     ctx.infos = tensor_infos([(k, a.shape) for k, a in zip(model.keys(), base)])
                 down = int(sum(b.nbytes for b in base))
