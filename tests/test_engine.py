@@ -199,3 +199,17 @@ def test_an_error_reply_from_the_superlink_counts_against_the_dead_client(tmp_pa
     assert (r["replied"], r["failed"], r["no_reply"]) == (9, 1, 0)
     (dead,) = [c for c in client_rows(tmp_path) if c["status"] == "failed"]
     assert dead["client"] == 6 and "Node unavailable" in dead["reason"]
+
+
+def test_discovery_refuses_bad_and_duplicate_ids_without_failing(cfg_factory):
+    """A lying or broken node cannot crash discovery or take another client's place."""
+    grid = InProcessGrid(app, 6)
+    ids = grid.node_ids
+    grid.contexts[ids[1]].node_config = {"partition-id": 0}    # claims client 0 too
+    grid.contexts[ids[2]].node_config = {"partition-id": 99}   # out of range
+    grid.contexts[ids[3]].node_config = {"partition-id": -1}   # negative
+    sizes: dict[int, int] = {}
+    spec = build_wrapper(cfg_factory("data.num_clients=6", "clients_per_round=2")).spec_json
+    mapping = discover(grid, list(ids), 10, spec_json=spec, sizes=sizes, num_clients=6)
+    assert mapping == {ids[4]: 4, ids[5]: 5}  # 0 is claimed twice: neither node gets it
+    assert set(sizes) == {4, 5} and all(v > 0 for v in sizes.values())

@@ -43,30 +43,46 @@ def wait_for_nodes(grid: Grid, n: int, timeout: float = NODE_WAIT_S, poll: float
 
 
 def discover(grid: Grid, nodes: list[int], timeout: float, spec_json: str | None = None,
-             sizes: dict[int, int] | None = None) -> dict[int, int]:
+             sizes: dict[int, int] | None = None, num_clients: int | None = None) -> dict[int, int]:
     """Ask every node for its client id (``partition-id``); return node -> client.
 
     Given the client spec, each node also reports its number of examples (into ``sizes``).
+    A reply is used only if its id is an integer in ``[0, num_clients)``; an id that two
+    nodes claim is given to neither (which one is honest cannot be told). Every refusal
+    is logged with its reason; discovery itself never fails on a bad reply.
     """
     def content() -> RecordDict:
         return RecordDict({"config": ConfigRecord({SPEC_KEY: spec_json})}) if spec_json else RecordDict()
 
+    def whole(value: object) -> int | None:
+        ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        return int(value) if ok else None  # type: ignore[arg-type]
+
     msgs = [Message(content(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-    mapping: dict[int, int] = {}
+    claims: dict[int, list[int]] = {}  # client id -> nodes claiming it
     for reply in grid.send_and_receive(msgs, timeout=timeout):
+        node = reply.metadata.src_node_id
         if reply.has_error():
-            log.warning("node %d did not answer discovery: %s", reply.metadata.src_node_id, reply.error.reason)
+            log.warning("node %d did not answer discovery: %s", node, reply.error.reason)
             continue
         rec = reply.content.metric_records.get(METRICS)
-        if rec is None or "partition-id" not in rec:
-            log.warning("node %d sent a malformed discovery reply", reply.metadata.src_node_id)
+        cid = whole(rec.get("partition-id")) if rec is not None else None
+        if cid is None or cid < 0 or (num_clients is not None and cid >= num_clients):
+            log.warning("node %d: discovery reply refused (partition-id %r)", node,
+                        None if rec is None else rec.get("partition-id"))
             continue
-        mapping[reply.metadata.src_node_id] = int(rec["partition-id"])
-        if sizes is not None and "num-examples" in rec:
-            sizes[int(rec["partition-id"])] = int(rec["num-examples"])
-    clients = sorted(mapping.values())
-    if len(set(clients)) != len(clients):
-        raise RuntimeError("two nodes report the same partition-id")
+        claims.setdefault(cid, []).append(node)
+        n_ex = whole(rec.get("num-examples"))
+        if sizes is not None and n_ex is not None and n_ex >= 0:
+            sizes[cid] = n_ex
+    mapping: dict[int, int] = {}
+    for cid, claimants in claims.items():
+        if len(claimants) > 1:
+            log.warning("partition-id %d is claimed by nodes %s: none of them is used", cid, sorted(claimants))
+            if sizes is not None:
+                sizes.pop(cid, None)
+            continue
+        mapping[claimants[0]] = cid
     return mapping
 
 
@@ -128,7 +144,8 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
     n = cfg.data.num_clients
     nodes = wait_for_nodes(grid, n)
     sizes: dict[int, int] = {}
-    mapping = discover(grid, nodes, timeout=cfg.simulation.round_timeout, spec_json=wrapper.spec_json, sizes=sizes)
+    mapping = discover(grid, nodes, timeout=cfg.simulation.round_timeout, spec_json=wrapper.spec_json, sizes=sizes,
+                       num_clients=n)
     if len(mapping) < cfg.clients_per_round:
         raise RuntimeError(f"only {len(mapping)} clients answered discovery; need {cfg.clients_per_round}")
     wrapper.bind_nodes(mapping, sizes)
