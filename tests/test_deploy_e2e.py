@@ -261,10 +261,11 @@ def test_codec_compresses_the_uplink(outcome):
 def test_killed_node_is_dropped_and_the_round_completes(outcome):
     assert outcome.server_rc == 0, _diag(outcome)
     by = {(c["round"], c["client"]): c for c in outcome.clients}
-    lost = [r for r in (1, 2) if by[(r, 1)]["status"] != "ok"]
+    # after the kill, client 1 either fails (the SuperLink answers for its dead node, and
+    # the wrapper maps that reply back to it) or is no longer sampled (its node has left)
+    lost = [r for r in (1, 2) if by.get((r, 1), {"status": "absent"})["status"] != "ok"]
     assert lost, f"client 1 was killed in round 1 but reported ok in every round: {outcome.clients}"
-    # the SuperLink answers for the dead node; the wrapper maps that reply back to client 1
-    assert all(by[(r, 1)]["status"] == "failed" for r in lost), outcome.clients
+    assert all(by[(r, 1)]["status"] == "failed" for r in lost if (r, 1) in by), outcome.clients
     for r in outcome.rows[1:]:
         assert r["replied"] >= 2, r  # the two live nodes always arrive
     assert all(by[(r, 0)]["status"] == "ok" for r in (1, 2))

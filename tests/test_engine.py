@@ -213,3 +213,22 @@ def test_discovery_refuses_bad_and_duplicate_ids_without_failing(cfg_factory):
     mapping = discover(grid, list(ids), 10, spec_json=spec, sizes=sizes, num_clients=6)
     assert mapping == {ids[4]: 4, ids[5]: 5}  # 0 is claimed twice: neither node gets it
     assert set(sizes) == {4, 5} and all(v > 0 for v in sizes.values())
+
+
+def test_a_node_that_left_is_not_sampled_again(tmp_path, cfg_factory):
+    cfg = cfg_factory("clients_per_round=10", "rounds=2")
+    grid = InProcessGrid(app, 10)
+    gone = grid.node_ids[3]
+    orig = grid.get_node_ids
+    calls = {"n": 0}
+
+    def node_ids():  # node 3 disconnects after discovery
+        calls["n"] += 1
+        ids = list(orig())
+        return ids if calls["n"] <= 1 else [n for n in ids if n != gone]
+
+    grid.get_node_ids = node_ids
+    run_inprocess(cfg, tmp_path, grid)
+    rows = read_rows(tmp_path)[1:]
+    assert [(r["sampled"], r["replied"]) for r in rows] == [(9, 9), (9, 9)]
+    assert 3 not in {c["client"] for c in client_rows(tmp_path)}

@@ -204,17 +204,18 @@ class FedsimWrapper(Strategy):
         self._client_to_node = {c: n for n, c in node_to_client.items()}
         self.num_examples = dict(num_examples or {})
 
-    def available_clients(self, server_round: int) -> list[int]:
-        """Clients that can be sampled this round: all that answered discovery, narrowed
-        by the network model's availability (charging windows, traces)."""
-        known = sorted(self._client_to_node)
+    def available_clients(self, server_round: int, alive: set[int] | None = None) -> list[int]:
+        """Clients that can be sampled this round: those that answered discovery and whose
+        node is still connected (``alive``: the grid's node ids; a SuperNode that left is
+        not sampled again), narrowed by the network model's availability."""
+        known = sorted(c for c, n in self._client_to_node.items() if alive is None or n in alive)
         if self.network is None:
             return known
         return sorted(set(known) & set(self.network.available(server_round)))
 
-    def _choose(self, server_round: int) -> list[int]:
+    def _choose(self, server_round: int, alive: set[int] | None = None) -> list[int]:
         """Sample; with a network model, over-commit and drop some before training."""
-        available = self.available_clients(server_round)
+        available = self.available_clients(server_round, alive)
         target = min(self.clients_per_round, len(available))
         if self.network is None:
             return sample_clients(self.seed, server_round, available, target)
@@ -233,7 +234,7 @@ class FedsimWrapper(Strategy):
         ctx.base.clear()
         self.stats = RoundStats()
         self._pending = {}
-        chosen = self._choose(server_round)
+        chosen = self._choose(server_round, alive=set(grid.get_node_ids()))
         view = SubsetGrid(grid, [self._client_to_node[c] for c in chosen])
         random.seed(int(np.random.SeedSequence([self.seed, server_round, 0xF1]).generate_state(1)[0]))
         out: list[Message] = []
