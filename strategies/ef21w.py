@@ -74,7 +74,8 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+
+from .server_evaluated import ServerEvaluatedStrategy
 from numpy.typing import ArrayLike
 
 from fedsim.codecs.base import PayloadError
@@ -167,7 +168,7 @@ def client_step(
 
 
 @STRATEGIES.register("ef21w")
-class EF21W(Strategy):
+class EF21W(ServerEvaluatedStrategy):
     """EF21-W (and EF21, EF21-SGD, EF21-PP) as a fedsim strategy; see the module docstring.
 
     Runs inside fedsim's :class:`~fedsim.engine.wrapper.FedsimWrapper` (sampling, byte
@@ -408,13 +409,6 @@ class EF21W(Strategy):
             m["train_f"] = float(np.mean([f for f, _ in results]))
         self.round_metrics = m
 
-    # -- evaluation is the server's (fedsim evaluates the returned model) ----------------
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return []
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return None
 
     def summary(self) -> None:
         log.info("EF21W: weights=%s, compressor=%s, k=%s, start=%s, plan=%s", self.weights, self.compressor,

@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+
+from .server_evaluated import ServerEvaluatedStrategy
 
 from fedsim.codecs.model import decode_update
 from fedsim.registry import STRATEGIES
@@ -123,7 +124,7 @@ def honest_summary(scores: Sequence[tuple[float, float]]) -> dict[str, float]:
             "honest_accuracy_max": float(acc.max()), "honest_loss_mean": float(loss.mean())}
 
 
-class MoNNA(Strategy):
+class MoNNA(ServerEvaluatedStrategy):
     """MoNNA: per-client models, Polyak momentum on the clients, NNA mixing on the server.
 
     Parameters
@@ -271,13 +272,6 @@ class MoNNA(Strategy):
             return False
         return server_round == 1 or server_round % self.evaluate_every == 0
 
-    # -- evaluation is server-side (honest models above) ------------------------------
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return []
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return None
 
     def summary(self) -> None:
         log.info("MoNNA: f=%d, lr=%g, beta=%g, lr_decay=%s, rule=%s, local_steps=%d",

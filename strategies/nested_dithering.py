@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+
+from .server_evaluated import ServerEvaluatedStrategy
 
 from fedsim.clients.tasks import CODEC_KEY
 from fedsim.codecs.base import Payload, PayloadError, TensorInfo, payload_nbytes
@@ -184,7 +185,7 @@ def _finite(x: float) -> float | None:
 
 
 @STRATEGIES.register("ndqsg-nested")
-class NestedDitheredQuantization(Strategy):
+class NestedDitheredQuantization(ServerEvaluatedStrategy):
     """Reference group on DQSG, nested group on NDQSG, decoded with side information.
 
     The run's codec (``codec:`` in the config) must be ``ndqsg``; the reference codec is
@@ -335,12 +336,6 @@ class NestedDitheredQuantization(Strategy):
         loss = float(np.average([metrics[c]["train-loss"] for c in used], weights=weights))
         return to_record(new), MetricRecord({"train-loss": loss, "num-examples": float(sum(weights))})
 
-    # -- evaluation is server-side in fedsim -----------------------------------------------
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return []
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return None
 
     def summary(self) -> None:
         log.info("ndqsg-nested: %d reference client(s) a round, stale-side-info failure threshold %.3f",
