@@ -5,23 +5,8 @@ for Distributed Machine Learning", ICDCS 2021): a *sparsifier* decides what is s
 (:class:`TopK`, :class:`RandK`), a *memory* decides what is kept (:class:`ErrorFeedback`),
 and :class:`SparseFormat` is the wire format both use.
 
-The wire format (:mod:`fedsim.codecs.sparse_format`), in short:
-
-``idx``
-    the positions sent, in the flattened (C-order) tensor, strictly increasing.
-    ``index_coding="uint32"``: 4 bytes each. ``index_coding="delta-varint"``: the gaps
-    ``idx[0], idx[1]-idx[0]-1, ...`` as unsigned LEB128 varints in a ``uint8`` array
-    (1 byte for a gap < 128, 2 bytes below 16384, ...): about 2 bytes an entry at
-    density 0.001 instead of 4.
-``val``
-    the values at those positions, ``float32`` or ``float16`` (``values=``).
-``x`` (instead of ``idx``/``val``)
-    the whole tensor, dense, in the values dtype: tensors with ``ndim <= 1`` (biases,
-    norm scales) when ``dense_small=True``, as DGC does (Lin et al. 2018, Sec. 5).
-
-The server checks a sparse payload before decoding it: indices in ``[0, numel)``,
-strictly increasing (hence unique), ``len(idx) == len(val) <= numel``
-(:meth:`SparseFormat.check`), values finite (:func:`~fedsim.codecs.base.validate_payload`).
+The wire format (``idx``/``val``, or dense ``x`` for small tensors), its byte counts and
+the server's checks are documented in :mod:`fedsim.codecs.sparse_format`.
 
 Error feedback (Seide et al., "1-bit SGD", Interspeech 2014; Stich, Cordonnier, Jaggi,
 "Sparsified SGD with Memory", NeurIPS 2018, Alg. 1; Karimireddy et al., "Error Feedback
