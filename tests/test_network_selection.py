@@ -8,25 +8,10 @@ from hypothesis import strategies as st
 
 from fedsim.network import NetworkConfig, NetworkModel, num_to_sample, select_arrivals
 
-from fedsim.network import ClientWork
 
-# The three fixed profiles of test_network_timing.py (repeated: test files import nothing
-# from each other). Arrivals: A at 12.1 s, B at 17.05 s, C at 5.26 s.
-THREE = {
-    "mix": {"A": 1 / 3, "B": 1 / 3, "C": 1 / 3},
-    "profiles": {
-        "A": {"downlink_mbps": 16, "uplink_mbps": 8, "rtt_ms": 100, "samples_per_s": 100},
-        "B": {"downlink_mbps": 4, "uplink_mbps": 1, "rtt_ms": 50, "ms_per_sample": 5},
-        "C": {"downlink_mbps": 100, "uplink_mbps": 100, "rtt_ms": 20, "gflops": 2},
-    },
-}
-WORK = ClientWork(bytes_down=2_000_000, bytes_up=1_000_000, num_samples=500, epochs=2,
-                  flops_per_sample=1e7)
+# The three fixed profiles (tests/network_profiles.py). Arrivals: A at 12.1 s, B at 17.05 s, C at 5.26 s.
+from network_profiles import THREE, WORK, three_clients  # noqa: E402  (three hand-timed profiles)
 
-
-def three_clients(**extra: object) -> tuple[NetworkModel, dict[str, int]]:
-    model = NetworkModel(NetworkConfig.model_validate({**THREE, **extra}), seed=7, num_clients=3)
-    return model, {model.device(c).profile: c for c in range(3)}
 
 
 def test_deadline_keeps_exactly_the_on_time_clients() -> None:

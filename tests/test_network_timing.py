@@ -6,34 +6,17 @@ import math
 
 import pytest
 
-from fedsim.network import ClientWork, NetworkConfig, NetworkModel, client_time
+from fedsim.network import client_time
 from fedsim.network.timing import samples_per_second, training_flops_per_sample, transfer_seconds
 
-# A: 16 Mbit/s down, 8 up, 100 ms, 100 samples/s
-# B: 4 down, 1 up, 50 ms, 5 ms/sample (= 200 samples/s)
-# C: 100 down, 100 up, 20 ms, 2 GFLOP/s at 1e7 FLOPs/sample (= 200 samples/s)
-THREE = {
-    "mix": {"A": 1 / 3, "B": 1 / 3, "C": 1 / 3},
-    "profiles": {
-        "A": {"downlink_mbps": 16, "uplink_mbps": 8, "rtt_ms": 100, "samples_per_s": 100},
-        "B": {"downlink_mbps": 4, "uplink_mbps": 1, "rtt_ms": 50, "ms_per_sample": 5},
-        "C": {"downlink_mbps": 100, "uplink_mbps": 100, "rtt_ms": 20, "gflops": 2},
-    },
-}
-WORK = ClientWork(bytes_down=2_000_000, bytes_up=1_000_000, num_samples=500, epochs=2,
-                  flops_per_sample=1e7)
+# the profiles, by hand: see tests/network_profiles.py
+from network_profiles import WORK, three_clients  # noqa: E402  (three hand-timed profiles)
 # A: 0.1 + 8*2e6/16e6 + 1000/100 + 8*1e6/8e6 = 0.1 + 1 + 10 + 1 = 12.1
 # B: 0.05 + 8*2e6/4e6 + 1000/200 + 8*1e6/1e6 = 0.05 + 4 + 5 + 8 = 17.05
 # C: 0.02 + 8*2e6/1e8 + 1000/200 + 8*1e6/1e8 = 0.02 + 0.16 + 5 + 0.08 = 5.26
 EXPECTED = {"A": (0.1, 1.0, 10.0, 1.0, 12.1), "B": (0.05, 4.0, 5.0, 8.0, 17.05),
             "C": (0.02, 0.16, 5.0, 0.08, 5.26)}
 
-
-def three_clients(**extra: object) -> tuple[NetworkModel, dict[str, int]]:
-    model = NetworkModel(NetworkConfig.model_validate({**THREE, **extra}), seed=7, num_clients=3)
-    by_profile = {model.device(c).profile: c for c in range(3)}
-    assert sorted(by_profile) == ["A", "B", "C"]  # exact proportions: one of each
-    return model, by_profile
 
 
 def test_transfer_is_bytes_times_eight_over_bits_per_second() -> None:
