@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 from fedsim.codecs import CodecContext, PayloadError, TensorInfo, payload_nbytes, validate_payload
-from fedsim.codecs.dithered import Dqsg, dequantize, draw_dither, quantize
+from fedsim.codecs.dither import uniform
+from fedsim.codecs.dithered import Dqsg, dequantize, quantize
 from fedsim.registry import CODECS
 
 M = 3
@@ -28,10 +29,10 @@ def _errors(u_server_seed: int | None = None) -> tuple[np.ndarray, np.ndarray, f
     """N dithered encodings of the same bucket: errors (N, D), the bucket, the step."""
     g, s = _bucket()
     tiled = np.tile(g, N)
-    u = draw_dither(np.random.default_rng(1), tiled.size)
+    u = uniform((1, 0), 0, tiled.size)
     sym, scale = quantize(tiled, M, D, u)
     assert np.all(scale == np.float32(s))
-    u_dec = u if u_server_seed is None else draw_dither(np.random.default_rng(u_server_seed), tiled.size)
+    u_dec = u if u_server_seed is None else uniform((u_server_seed, 0), 0, tiled.size)
     g_hat = dequantize(sym, scale, M, D, u_dec)
     return (g_hat - tiled).reshape(N, D), g, s
 
@@ -70,9 +71,9 @@ def test_wrong_dither_is_biased() -> None:
     # the server decodes every draw with one wrong dither u': the error's mean is -s*u'
     g, s = _bucket()
     tiled = np.tile(g, N)
-    u = draw_dither(np.random.default_rng(1), tiled.size)
+    u = uniform((1, 0), 0, tiled.size)
     sym, scale = quantize(tiled, M, D, u)
-    u_wrong = np.tile(draw_dither(np.random.default_rng(99), D), N)
+    u_wrong = np.tile(uniform((99, 0), 0, D), N)
     err = (dequantize(sym, scale, M, D, u_wrong) - tiled).reshape(N, D)
     bias = err.mean(axis=0)
     np.testing.assert_allclose(bias, -s * u_wrong[:D], atol=6 * s / np.sqrt(N))
@@ -102,7 +103,7 @@ def test_hand_computed_values() -> None:
 
 def test_zero_bucket_decodes_to_zero_error_bound() -> None:
     g = np.zeros(10, dtype=np.float32)
-    u = draw_dither(np.random.default_rng(3), 10)
+    u = uniform((3, 0), 0, 10)
     sym, scale = quantize(g, 3, 4, u)
     assert np.isfinite(scale).all() and (scale > 0).all()
     assert np.abs(dequantize(sym, scale, 3, 4, u)).max() < 1e-30

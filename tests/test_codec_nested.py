@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fedsim.codecs import CodecContext, PayloadError, TensorInfo, payload_nbytes, validate_payload
-from fedsim.codecs.dithered import Dqsg, dequantize, draw_dither, quantize
+from fedsim.codecs.dither import uniform
+from fedsim.codecs.dithered import Dqsg, dequantize, quantize
 from fedsim.codecs.nested import (
     Ndqsg,
     SideInformationRequired,
@@ -27,7 +28,7 @@ B = 256
 def _case(n: int = 20 * B, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     g = rng.standard_normal(n).astype(np.float32)
-    return g, draw_dither(np.random.default_rng(seed + 1), n)
+    return g, uniform((seed + 1, 0), 0, n)
 
 
 def _steps(g: np.ndarray, m1: int) -> np.ndarray:
@@ -107,7 +108,7 @@ def test_unbiased_estimator_is_unbiased() -> None:
     alpha, m1, rho, n_draws = 0.7, 3, 3, 2000
     g = np.linspace(-1, 1, B).astype(np.float32)
     tiled = np.tile(g, n_draws)
-    u = draw_dither(np.random.default_rng(0), tiled.size)
+    u = uniform((0, 0), 0, tiled.size)
     y = (tiled + 0.05).astype(np.float32)
     sym, scale = nested_quantize(tiled, m1, rho, alpha, B, u)
     err = (nested_dequantize(sym, scale, u, y, rho, alpha, B, estimator="unbiased") - tiled).reshape(n_draws, B)

@@ -59,8 +59,9 @@ class CodecContext:
     """The coordinates of one encode/decode: both sides can rebuild it.
 
     ``rng(stream)`` is a generator seeded from (run seed, round, client, tensor,
-    stream): the client's dither and the server's regenerated dither are identical,
-    and two streams (e.g. "dither" and "sample") never share numbers.
+    stream), and ``key(stream)`` the key of a counter-based stream from the same
+    coordinates: the client's dither and the server's regenerated dither are
+    identical, and two streams (e.g. "dither" and "sample") never share numbers.
     """
 
     seed: int
@@ -68,9 +69,22 @@ class CodecContext:
     client: int
     tensor: int
 
-    def rng(self, stream: str) -> np.random.Generator:
+    def _seed_sequence(self, stream: str) -> np.random.SeedSequence:
         key = [self.seed, self.round, self.client, self.tensor, _stream_id(stream)]
-        return np.random.default_rng(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]))
+        return np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key])
+
+    def rng(self, stream: str) -> np.random.Generator:
+        return np.random.default_rng(self._seed_sequence(stream))
+
+    def key(self, stream: str) -> tuple[int, int]:
+        """Two 32-bit words from (run seed, round, client, tensor, stream).
+
+        The key of a counter-based generator (:mod:`fedsim.codecs.dither`): entry ``i``
+        of a stream is a function of ``(key, i)`` alone, so it can be computed in any
+        order, by any number of threads, in compiled code or numpy, with equal results.
+        """
+        k0, k1 = self._seed_sequence(stream).generate_state(2, np.uint32)
+        return int(k0), int(k1)
 
 
 @dataclass(frozen=True)

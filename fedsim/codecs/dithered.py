@@ -7,7 +7,8 @@ Distributed Training", arXiv:1904.01197 (2019), section 3 (DQSG). See also
 Per bucket of ``bucket`` consecutive entries of ``g`` (the last bucket may be short)::
 
     s     = max(||g||_inf / M, tiny)            the step; tiny keeps an all-zero bucket finite
-    u     ~ U[-1/2, 1/2)^d                      from ctx.rng("dither"): the server redraws it
+    u     ~ U[-1/2, 1/2)^d                      counter-based, keyed by ctx.key("dither"):
+                                                the server regenerates it (fedsim.codecs.dither)
     q     = round(g/s + u)  in {-M..M}          sent as the symbol q + M in [0, 2M]
     g_hat = s * (q - u)                         the server's decode
 
@@ -29,6 +30,9 @@ Wire format (everything counted by :func:`~fedsim.codecs.base.payload_nbytes`):
 
 Nothing else crosses the wire: ``n`` comes from the tensor's shape, ``M``, ``bucket`` and
 the scale dtype from the run's config, the dither from (seed, round, client, tensor).
+
+Speed: with numba the codec runs compiled kernels in threads (:mod:`fedsim.codecs.kernels`);
+without it, the numpy functions below chunk by chunk. Both give the same bytes and values.
 Bits per coordinate: ``8*packed_nbytes(n, 2M+1)/n + 32*ceil(n/bucket)/n`` (float32
 scales); for ``M = 3``, ``bucket = 512`` and ``n`` a multiple of 17*512: 2.824 + 0.0625.
 """
@@ -39,19 +43,13 @@ import numpy as np
 
 from fedsim.registry import CODECS
 
-from . import buckets
+from . import buckets, kernels
 from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo
-from .packing import pack, packed_nbytes, unpack
+from .dither import DITHER_STREAM, check_length, uniform
+from .packing import pack, packed_nbytes, padded_length, unpack
 
-DITHER_STREAM = "dither"
 _TINY = float(np.finfo(np.float32).tiny)
-
-
-def draw_dither(rng: np.random.Generator, n: int) -> np.ndarray:
-    """The subtractive dither ``u ~ U[-1/2, 1/2)^n`` (float32, 2**-24 resolution)."""
-    u = rng.random(n, dtype=np.float32)
-    u -= np.float32(0.5)
-    return u
+Key = tuple[int, int]
 
 
 def wire_scale(step: np.ndarray, scale_dtype: str) -> np.ndarray:
@@ -70,10 +68,42 @@ def wire_scale(step: np.ndarray, scale_dtype: str) -> np.ndarray:
     return wire
 
 
+def steps(g: np.ndarray, levels: float, bucket: int, scale_dtype: str = "float32") -> np.ndarray:
+    """Per-bucket steps as sent: ``max(||g||_inf / levels, tiny)``, rounded up to ``scale_dtype``."""
+    k = kernels.jit()
+    if k is not None and g.size:
+        amax = np.empty(buckets.n_buckets(g.size, bucket), dtype=np.float32)
+        kernels.parallel(k.absmax, g.size, bucket, g, bucket, amax)
+    else:
+        amax = buckets.absmax(g, bucket)
+    return wire_scale(np.maximum(amax / np.float32(levels), np.float32(_TINY)), scale_dtype)
+
+
+def _reciprocal(scale: np.ndarray, numerator: float = 1.0) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return np.float32(numerator) / scale.astype(np.float32)
+
+
+def symbols(g: np.ndarray, inv: np.ndarray, levels: int, bucket: int, u: np.ndarray) -> np.ndarray:
+    """``q + M`` with ``q = clip(floor(g*inv + u + 1/2), -M, M)`` (uint8); ``inv = 1/s`` per bucket."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        w = buckets.scaled(g, inv, bucket, np.empty_like(g))  # g/s
+    w += u  # g/s + u
+    # q = round(g/s + u) = floor(g/s + u + 1/2): the same float operations as the NDQSG
+    # encoder's fine index, so both see the same q for the same dither
+    w += np.float32(0.5)
+    np.floor(w, out=w)
+    w[~np.isfinite(w)] = 0.0  # a diverged client (non-finite scale): sent, the server rejects it
+    np.clip(w, -levels, levels, out=w)  # an ulp past M from float rounding of g/s
+    sym = w.astype(np.int8)
+    sym += np.int8(levels)  # symbol q + M in [0, 2M]
+    return sym.view(np.uint8)
+
+
 def quantize(
     g: np.ndarray, levels: int, bucket: int, u: np.ndarray, scale_dtype: str = "float32"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """DQSG encoder: symbols ``q + M`` in ``[0, 2M]`` (uint8) and the per-bucket steps.
+    """DQSG encoder with an explicit dither: symbols ``q + M`` in ``[0, 2M]`` (uint8), steps.
 
     Parameters
     ----------
@@ -94,24 +124,8 @@ def quantize(
     scale : ndarray of ``scale_dtype``, shape ``(ceil(n/bucket),)``
     """
     g = np.asarray(g, dtype=np.float32).reshape(-1)
-    # s = max(||g||_inf / M, tiny) per bucket, as it will be sent
-    step = np.maximum(buckets.absmax(g, bucket) / np.float32(levels), np.float32(_TINY))
-    scale = wire_scale(step, scale_dtype)
-    s32 = scale.astype(np.float32)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        inv = np.float32(1.0) / s32
-        w = buckets.scaled(g, inv, bucket, np.empty_like(g))  # g/s
-    w += u  # g/s + u
-    # q = round(g/s + u) = floor(g/s + u + 1/2): the same float operations as the NDQSG
-    # encoder's fine index, so both see the same q for the same dither
-    w += np.float32(0.5)
-    np.floor(w, out=w)
-    if not np.isfinite(scale).all():  # a diverged client: send it, the server rejects it
-        w[~np.isfinite(w)] = 0.0
-    np.clip(w, -levels, levels, out=w)  # an ulp past M from float rounding of g/s
-    sym = w.astype(np.int8)
-    sym += np.int8(levels)  # symbol q + M in [0, 2M]
-    return sym.view(np.uint8), scale
+    scale = steps(g, levels, bucket, scale_dtype)
+    return symbols(g, _reciprocal(scale), levels, bucket, u), scale
 
 
 def dequantize(sym: np.ndarray, scale: np.ndarray, levels: int, bucket: int, u: np.ndarray) -> np.ndarray:
@@ -119,6 +133,58 @@ def dequantize(sym: np.ndarray, scale: np.ndarray, levels: int, bucket: int, u: 
     w = np.subtract(sym, np.float32(levels), dtype=np.float32)  # q = sym - M, one pass
     w -= u  # q - u
     return buckets.scale_inplace(w, scale.astype(np.float32, copy=False), bucket)  # s * (q - u)
+
+
+def encode(
+    g: np.ndarray, levels: int, bucket: int, key: Key, scale_dtype: str = "float32", pad_to: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """DQSG encoder with the counter-based dither of ``key``: :func:`quantize` with ``u = uniform(key, 0, n)``.
+
+    ``pad_to`` (>= n) sizes the symbol array for the packer; entries past ``n`` are 0.
+    """
+    g = np.ascontiguousarray(g, dtype=np.float32).reshape(-1)
+    n = check_length(g.size)
+    sym = np.empty(max(n, pad_to or 0), dtype=np.uint8)
+    sym[n:] = 0
+    k = kernels.jit()
+    if k is not None:
+        scale, fit = kernel_steps(g, levels, bucket, scale_dtype)
+        kernels.parallel(k.dqsg_symbols, n, bucket, g, scale, fit, levels, bucket, *_words(key), sym)
+        return sym, scale.astype(scale_dtype, copy=False)
+    scale = steps(g, levels, bucket, scale_dtype)
+    inv = _reciprocal(scale)
+    for a, b, ba, bb in buckets.chunks(n, bucket):
+        sym[a:b] = symbols(g[a:b], inv[ba:bb], levels, bucket, uniform(key, a, b - a))
+    return sym, scale
+
+
+def kernel_steps(g: np.ndarray, levels: float, bucket: int, scale_dtype: str) -> tuple[np.ndarray, bool]:
+    """The float32 steps for a compiled encoder, and whether the kernel is to compute them itself.
+
+    float32 steps are computed by the kernel in the same pass as the symbols; steps sent
+    in float16 must be rounded up before quantizing, so they are computed first.
+    """
+    if scale_dtype == "float32":
+        return np.empty(buckets.n_buckets(g.size, bucket), dtype=np.float32), True
+    return steps(g, levels, bucket, scale_dtype).astype(np.float32), False
+
+
+def decode(sym: np.ndarray, scale: np.ndarray, levels: int, bucket: int, key: Key) -> np.ndarray:
+    """DQSG decoder with the dither of ``key``: :func:`dequantize` with ``u = uniform(key, 0, n)``."""
+    n = check_length(sym.size)
+    s32 = np.ascontiguousarray(scale, dtype=np.float32)
+    out = np.empty(n, dtype=np.float32)
+    k = kernels.jit()
+    if k is not None:
+        kernels.parallel(k.dqsg_values, n, bucket, sym, s32, levels, bucket, *_words(key), out)
+    else:
+        for a, b, ba, bb in buckets.chunks(n, bucket):
+            out[a:b] = dequantize(sym[a:b], s32[ba:bb], levels, bucket, uniform(key, a, b - a))
+    return out
+
+
+def _words(key: Key) -> tuple[np.uint32, np.uint32]:
+    return np.uint32(key[0] & 0xFFFFFFFF), np.uint32(key[1] & 0xFFFFFFFF)
 
 
 def check_scales(scale: np.ndarray, where: str) -> None:
@@ -153,21 +219,13 @@ class Dqsg(Codec):
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         g = np.asarray(x, dtype=np.float32).reshape(-1)
-        rng = ctx.rng(DITHER_STREAM)
-        sym = np.empty(g.size, dtype=np.uint8)
-        scale = np.empty(buckets.n_buckets(g.size, self.bucket), dtype=self.scale_dtype)
-        for a, b, ba, bb in buckets.chunks(g.size, self.bucket):  # the dither is drawn chunk by chunk
-            sym[a:b], scale[ba:bb] = quantize(g[a:b], self.levels, self.bucket, draw_dither(rng, b - a), self.scale_dtype)
-        return {"sym": pack(sym, self.base), "scale": scale}, state
+        sym, scale = encode(g, self.levels, self.bucket, ctx.key(DITHER_STREAM), self.scale_dtype,
+                            pad_to=padded_length(g.size, self.base))
+        return {"sym": pack(sym, self.base, n=g.size), "scale": scale}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
-        n = info.numel
-        sym = unpack(payload["sym"], n, self.base)
-        rng = ctx.rng(DITHER_STREAM)
-        out = np.empty(n, dtype=np.float32)
-        for a, b, ba, bb in buckets.chunks(n, self.bucket):
-            out[a:b] = dequantize(sym[a:b], payload["scale"][ba:bb], self.levels, self.bucket, draw_dither(rng, b - a))
-        return out.reshape(info.shape)
+        sym = unpack(payload["sym"], info.numel, self.base)
+        return decode(sym, payload["scale"], self.levels, self.bucket, ctx.key(DITHER_STREAM)).reshape(info.shape)
 
     def fields(self, info: TensorInfo) -> dict[str, Field]:
         n = info.numel

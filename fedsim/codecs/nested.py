@@ -56,10 +56,11 @@ import numpy as np
 
 from fedsim.registry import CODECS
 
-from . import buckets
+from . import buckets, kernels
 from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo
-from .dithered import DITHER_STREAM, _TINY, check_scales, draw_dither, wire_scale
-from .packing import pack, packed_nbytes, unpack
+from .dither import DITHER_STREAM, check_length, uniform
+from .dithered import Key, _reciprocal, _words, check_scales, kernel_steps, steps
+from .packing import pack, packed_nbytes, padded_length, unpack
 
 ESTIMATORS = ("mmse", "unbiased")
 
@@ -109,17 +110,19 @@ def nested_quantize(
     if not 2 <= rho <= 256:
         raise ValueError(f"nested_quantize needs 2 <= rho <= 256 (symbols in a uint8); got {rho}")
     g = np.asarray(g, dtype=np.float32).reshape(-1)
-    step = np.maximum(buckets.absmax(g, bucket) / np.float32(m1), np.float32(_TINY))
-    scale = wire_scale(step, scale_dtype)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        gain = np.float32(alpha) / scale.astype(np.float32)
+    scale = steps(g, m1, bucket, scale_dtype)
+    return coset_symbols(g, _reciprocal(scale, alpha), rho, bucket, u), scale
+
+
+def coset_symbols(g: np.ndarray, gain: np.ndarray, rho: int, bucket: int, u: np.ndarray) -> np.ndarray:
+    """``floor(g*gain + u + 1/2) mod rho`` (uint8), ``gain = alpha/s`` per bucket."""
+    with np.errstate(over="ignore", invalid="ignore"):
         w = buckets.scaled(g, gain, bucket, np.empty_like(g))  # alpha*g/s
     w += u  # t = alpha*g/s + u
     w += np.float32(0.5)
     np.floor(w, out=w)  # q1 = round(t) = floor(t + 1/2)
-    if not np.isfinite(scale).all():  # a diverged client: send it, the server rejects it
-        w[~np.isfinite(w)] = 0.0
-    return _mod_rho(w, rho).astype(np.uint8), scale
+    w[~np.isfinite(w)] = 0.0  # a diverged client (non-finite scale): sent, the server rejects it
+    return _mod_rho(w, rho).astype(np.uint8)
 
 
 def _mod_rho(w: np.ndarray, rho: int) -> np.ndarray:
@@ -219,6 +222,65 @@ def constrain_fine_index(q1_hat: np.ndarray, rho: int, bound: int) -> np.ndarray
     return q1_hat
 
 
+def encode(
+    g: np.ndarray, m1: int, rho: int, alpha: float, bucket: int, key: Key, scale_dtype: str = "float32",
+    pad_to: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """NDQSG encoder with the counter-based dither of ``key`` (:func:`nested_quantize`, ``u = uniform(key, 0, n)``)."""
+    g = np.ascontiguousarray(g, dtype=np.float32).reshape(-1)
+    n = check_length(g.size)
+    sym = np.empty(max(n, pad_to or 0), dtype=np.uint8)
+    sym[n:] = 0
+    k = kernels.jit()
+    if k is not None:
+        scale, fit = kernel_steps(g, m1, bucket, scale_dtype)
+        kernels.parallel(k.nested_symbols, n, bucket, g, scale, fit, m1, float(alpha), rho, bucket, *_words(key), sym)
+        return sym, scale.astype(scale_dtype, copy=False)
+    scale = steps(g, m1, bucket, scale_dtype)
+    gain = _reciprocal(scale, alpha)
+    for a, b, ba, bb in buckets.chunks(n, bucket):
+        sym[a:b] = coset_symbols(g[a:b], gain[ba:bb], rho, bucket, uniform(key, a, b - a))
+    return sym, scale
+
+
+def decode(
+    sym: np.ndarray, scale: np.ndarray, y: np.ndarray, m1: int, rho: int, alpha: float, bucket: int, key: Key,
+    estimator: str = "mmse", constrain: bool = False,
+) -> tuple[np.ndarray, int]:
+    """NDQSG decoder with side information ``y`` and the dither of ``key``.
+
+    Returns the decoded update (float32, 1-D) and its number of detectable failures
+    (:func:`detectable_failures`, counted before ``constrain`` repairs them). The same
+    values as :func:`nested_fine_index`, :func:`constrain_fine_index` and
+    :func:`dequantize_fine_index` with ``u = uniform(key, 0, n)``.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
+    n = check_length(sym.size)
+    y = np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
+    s = np.ascontiguousarray(scale, dtype=np.float32)
+    bound = math.ceil(alpha * m1)
+    out = np.empty(n, dtype=np.float32)
+    k = kernels.jit()
+    if k is not None:
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            gain = np.float32(alpha) / s
+        fac = s / np.float32(alpha) if estimator == "unbiased" else np.float32(alpha) * s
+        coef = np.float32(1.0 - alpha * alpha) if estimator == "mmse" and alpha != 1.0 else np.float32(0.0)
+        fails = kernels.parallel(k.nested_values, n, bucket, sym, gain, fac, y, rho, bound, coef, constrain,
+                                 bucket, *_words(key), out)
+        return out, int(sum(fails))
+    total = 0
+    for a, b, ba, bb in buckets.chunks(n, bucket):
+        u = uniform(key, a, b - a)
+        q1_hat = nested_fine_index(sym[a:b], s[ba:bb], u, y[a:b], rho, alpha, bucket)
+        total += detectable_failures(q1_hat, m1, alpha)
+        if constrain:
+            constrain_fine_index(q1_hat, rho, bound)
+        out[a:b] = dequantize_fine_index(q1_hat, s[ba:bb], u, y[a:b], alpha, bucket, estimator)
+    return out, total
+
+
 def decoding_failures(
     g: np.ndarray, y: np.ndarray, scale: np.ndarray, u: np.ndarray, rho: int, alpha: float, bucket: int
 ) -> int:
@@ -261,7 +323,7 @@ def estimate_failures_loo(
     fractions = []
     for g in refs:
         y = (total - g) / (len(refs) - 1)
-        s = np.maximum(buckets.absmax(g, bucket) / np.float32(m1), np.float32(_TINY))
+        s = steps(g, m1, bucket)
         delta = alpha * (g - y) / buckets.expand(s, g.size, bucket)
         fractions.append(expected_failure_fraction(delta, rho))
     return float(np.mean(fractions))
@@ -337,13 +399,9 @@ class Ndqsg(Codec):
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         g = np.asarray(x, dtype=np.float32).reshape(-1)
-        rng = ctx.rng(DITHER_STREAM)
-        sym = np.empty(g.size, dtype=np.uint8)
-        scale = np.empty(buckets.n_buckets(g.size, self.bucket), dtype=self.scale_dtype)
-        for a, b, ba, bb in buckets.chunks(g.size, self.bucket):  # same dither chunks as dqsg
-            u = draw_dither(rng, b - a)
-            sym[a:b], scale[ba:bb] = nested_quantize(g[a:b], self.m1, self.rho, self.alpha, self.bucket, u, self.scale_dtype)
-        return {"sym": pack(sym, self.rho), "scale": scale}, state
+        sym, scale = encode(g, self.m1, self.rho, self.alpha, self.bucket, ctx.key(DITHER_STREAM), self.scale_dtype,
+                            pad_to=padded_length(g.size, self.rho))
+        return {"sym": pack(sym, self.rho, n=g.size), "scale": scale}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
         raise SideInformationRequired(
@@ -373,25 +431,12 @@ class Ndqsg(Codec):
         y = np.asarray(y, dtype=np.float32)
         if y.size != info.numel:
             raise ValueError(f"side information for {info.name!r} has {y.size} entries, expected {info.numel}")
-        n = info.numel
-        sym = unpack(payload["sym"], n, self.rho)
-        y = y.reshape(-1)
-        rng = ctx.rng(DITHER_STREAM)
-        out = np.empty(n, dtype=np.float32)
-        bound = math.ceil(self.alpha * self.m1)
-        for a, b, ba, bb in buckets.chunks(n, self.bucket):
-            u = draw_dither(rng, b - a)
-            scale = payload["scale"][ba:bb]
-            q1_hat = nested_fine_index(sym[a:b], scale, u, y[a:b], self.rho, self.alpha, self.bucket)
-            if stats is not None:
-                stats["detectable_failures"] = stats.get("detectable_failures", 0) + detectable_failures(
-                    q1_hat, self.m1, self.alpha
-                )
-            if constrain:
-                constrain_fine_index(q1_hat, self.rho, bound)
-            out[a:b] = dequantize_fine_index(q1_hat, scale, u, y[a:b], self.alpha, self.bucket, self.estimator)
+        sym = unpack(payload["sym"], info.numel, self.rho)
+        out, fails = decode(sym, payload["scale"], y, self.m1, self.rho, self.alpha, self.bucket,
+                            ctx.key(DITHER_STREAM), self.estimator, constrain)
         if stats is not None:
-            stats["coordinates"] = stats.get("coordinates", 0) + n
+            stats["detectable_failures"] = stats.get("detectable_failures", 0) + fails
+            stats["coordinates"] = stats.get("coordinates", 0) + info.numel
         return out.reshape(info.shape)
 
     def fields(self, info: TensorInfo) -> dict[str, Field]:

@@ -33,6 +33,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from . import kernels
+
 MAX_BLOCK_BYTES = 8
 
 
@@ -80,6 +82,35 @@ def packed_nbytes(n: int, base: int, max_bytes: int = MAX_BLOCK_BYTES) -> int:
     return -(-int(n) // k) * m
 
 
+def padded_length(n: int, base: int, max_bytes: int = MAX_BLOCK_BYTES) -> int:
+    """``k * ceil(n/k)``: the symbols :func:`pack` lays out, padding included."""
+    k, _ = best_block(base, max_bytes)
+    return -(-int(n) // k) * k
+
+
+@lru_cache(maxsize=None)
+def _split(base: int, max_bytes: int) -> int | None:
+    """Digits in the low half of a block for the compiled packer, or None if it can't take ``base``.
+
+    The kernels hold a block as two uint32 halves ``hi * base**ksplit + lo`` and need the
+    block values below ``2**53`` (exact in float64).
+    """
+    k, m = best_block(base, max_bytes)
+    if base**k >= 2**53 or m > 7:
+        return None
+    for ksplit in range(k // 2, k + 1):
+        if base**ksplit < 2**32 and base ** (k - ksplit) < 2**32:
+            return ksplit
+    return None
+
+
+@lru_cache(maxsize=None)
+def _digits(base: int, k: int) -> np.ndarray:
+    """``(k, 256)`` uint8: digit ``i`` (least significant first) of each byte value in base ``base``."""
+    v = np.arange(256)
+    return np.stack([(v // base**i) % base for i in range(k)]).astype(np.uint8)
+
+
 def _acc_dtype(m: int) -> type[np.unsignedinteger]:
     # the smallest unsigned type holding m bytes: b**k - 1 < 256**m fits
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
@@ -88,7 +119,7 @@ def _acc_dtype(m: int) -> type[np.unsignedinteger]:
     raise AssertionError(m)
 
 
-def pack(symbols: np.ndarray, base: int, max_bytes: int = MAX_BLOCK_BYTES) -> np.ndarray:
+def pack(symbols: np.ndarray, base: int, max_bytes: int = MAX_BLOCK_BYTES, n: int | None = None) -> np.ndarray:
     """Pack a 1-D array of symbols in ``[0, base)`` into a uint8 array.
 
     Parameters
@@ -99,27 +130,38 @@ def pack(symbols: np.ndarray, base: int, max_bytes: int = MAX_BLOCK_BYTES) -> np
         Alphabet size.
     max_bytes : int
         Largest block in bytes (see :func:`best_block`).
+    n : int, optional
+        The number of symbols when ``symbols`` is already padded to
+        :func:`padded_length` with zeros (an encoder's output: no copy is made).
 
     Returns
     -------
-    ndarray of uint8, shape ``(packed_nbytes(len(symbols), base),)``.
+    ndarray of uint8, shape ``(packed_nbytes(n, base),)``.
     """
     sym = np.asarray(symbols)
     if sym.ndim != 1:
         raise ValueError(f"pack expects a 1-D array of symbols; got shape {sym.shape}")
+    n = sym.size if n is None else int(n)
+    k, m = best_block(base, max_bytes)
+    nblocks = -(-n // k)
+    if sym.size not in (n, nblocks * k) or (sym.size > n and sym[n:].any()):
+        raise ValueError(f"pack: {sym.size} symbols for n={n}: expected n, or {nblocks * k} with zero padding")
     if sym.size and (int(sym.min()) < 0 or int(sym.max()) >= base):
         raise ValueError(f"symbols must lie in [0, {base}); got [{int(sym.min())}, {int(sym.max())}]")
-    k, m = best_block(base, max_bytes)
-    n = sym.size
-    nblocks = -(-n // k)
     acc_t = _acc_dtype(m)
     if n == 0:
         return np.zeros(0, dtype=np.uint8)
     sym = sym.astype(np.uint8, copy=False)  # in range: base <= 256
-    if n % k:  # pad with zero symbols to k full rows
+    if sym.size != nblocks * k:  # pad with zero symbols to k full rows
         padded = np.zeros(nblocks * k, dtype=np.uint8)
         padded[:n] = sym
         sym = padded
+    jit, ksplit = kernels.jit(), _split(base, max_bytes)
+    if jit is not None and ksplit is not None:
+        out = np.empty(nblocks * m, dtype=np.uint8)
+        kernels.parallel(jit.pack_blocks, nblocks, 1, np.ascontiguousarray(sym), out, nblocks, k, m, base, ksplit,
+                         size=n)
+        return out
     rows = sym.reshape(k, nblocks)  # row i = digit i of every block
     # Horner, most significant digit first: v = (((s_{k-1}) b + s_{k-2}) b + ...) b + s_0
     acc = rows[k - 1].astype(acc_t)
@@ -168,6 +210,21 @@ def unpack(
         )
     if nblocks == 0:
         return np.zeros(0, dtype=np.uint8)
+    jit, ksplit = kernels.jit(), _split(base, max_bytes)
+    if jit is not None and m == 1:  # a table of the digits of every byte
+        if strict and int(data.max()) >= base**k:
+            raise ValueError(f"packed block value {int(data.max())} >= {base}**{k}: not a valid packing")
+        rows = np.empty(nblocks * k, dtype=np.uint8)
+        kernels.parallel(jit.unpack_bytes, nblocks, 1, np.ascontiguousarray(data), rows, nblocks, _digits(base, k),
+                         size=n)
+        return _check_padding(rows, n, strict)
+    if jit is not None and ksplit is not None:
+        rows = np.empty(nblocks * k, dtype=np.uint8)
+        bad = sum(kernels.parallel(jit.unpack_blocks, nblocks, 1, np.ascontiguousarray(data), rows, nblocks, k, m,
+                                   base, ksplit, base**k, size=n))
+        if strict and bad:
+            raise ValueError(f"{bad} packed block value(s) >= {base}**{k}: not a valid packing")
+        return _check_padding(rows, n, strict)
     acc_t = _acc_dtype(m)
     width = np.dtype(acc_t).itemsize
     if width == m:
@@ -185,7 +242,10 @@ def unpack(
         acc -= q * bb
         rows[i] = acc
         acc = q
-    out = rows.reshape(-1)
+    return _check_padding(rows.reshape(-1), n, strict)
+
+
+def _check_padding(out: np.ndarray, n: int, strict: bool) -> np.ndarray:
     if strict and out.size > n and out[n:].any():
         raise ValueError("non-zero padding symbols after the last symbol: not a valid packing")
     return out[:n]

@@ -1,0 +1,176 @@
+"""Compiled kernels (numba) against the numpy reference: bit-identical payloads and decodes.
+
+An edge client without numba and a server with it must agree to the bit, so every test
+here runs the same call both ways and compares exactly, including threaded splits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedsim.codecs import dithered, kernels, nested
+from fedsim.codecs.base import CodecContext, TensorInfo
+from fedsim.codecs.dithered import Dqsg
+from fedsim.codecs.nested import Ndqsg
+from fedsim.codecs.packing import best_block, pack, unpack
+from fedsim.codecs.qsgd import Qsgd
+
+numba = pytest.importorskip("numba", reason="numba not installed (the numpy-only edge install): nothing to compare")
+
+
+@pytest.fixture(params=["inline", "threads"])
+def split(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run the compiled path in the calling thread, or split over 3 threads even for small tensors."""
+    if request.param == "threads":
+        monkeypatch.setattr(kernels, "MIN_PARALLEL", 1)
+        kernels.set_threads(3)
+    yield request.param
+    kernels.set_threads(None)
+
+
+def both(fn: Callable[[], Any]) -> tuple[Any, Any]:
+    """``fn()`` on the numpy path, then on the compiled path."""
+    kernels.use_jit(False)
+    try:
+        ref = fn()
+    finally:
+        kernels.use_jit(True)
+    assert kernels.available()
+    return ref, fn()
+
+
+def assert_same(a: Any, b: Any) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (tuple, list)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), f"{np.count_nonzero(a != b)} entries differ"
+    else:
+        assert a == b
+
+
+SIZES = [1, 7, 511, 512, 513, 17 * 512 + 5, 70_001]
+
+
+def _update(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal(n).astype(np.float32) * np.float32(10.0) ** rng.integers(-3, 3)
+    g[rng.random(n) < 0.05] = 0.0  # zeros, and a few exact grid points
+    return g
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("codec", [Dqsg(levels=3), Dqsg(levels=1, bucket=100, scale_dtype="float16"), Qsgd(levels=3)],
+                         ids=["dqsg", "dqsg-m1-f16", "qsgd"])
+def test_codec_round_trip_is_bit_identical(codec: Any, n: int, split: str) -> None:
+    info, ctx, g = TensorInfo("w", (n,)), CodecContext(5, 2, 7, 1), _update(n, n)
+
+    def run() -> tuple[Any, np.ndarray]:
+        payload, _ = codec.encode(g, {}, ctx)
+        codec.check(payload, info)
+        return payload, codec.decode(payload, info, ctx)
+
+    assert_same(*both(run))
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("params", [{}, {"alpha": 0.5, "estimator": "unbiased"}, {"alpha": 0.7},
+                                    {"m1": 4, "m2": 1, "alpha": 0.3, "bucket": 64}],
+                         ids=["default", "unbiased", "mmse", "rho4-small-alpha"])
+def test_ndqsg_round_trip_is_bit_identical(params: dict[str, Any], n: int, split: str) -> None:
+    codec = Ndqsg(**params)
+    info, ctx = TensorInfo("w", (n,)), CodecContext(5, 2, 7, 1)
+    g = _update(n, n)
+    y = g + np.random.default_rng(1).standard_normal(n).astype(np.float32) * np.float32(np.abs(g).max())
+
+    def run() -> tuple[Any, ...]:
+        payload, _ = codec.encode(g, {}, ctx)
+        out = []
+        for constrain in (False, True):
+            stats: dict[str, int] = {}
+            out.append((codec.decode_with_side_info(payload, info, ctx, y, stats, constrain), stats))
+        return payload, out
+
+    ref, fast = both(run)
+    assert_same(ref, fast)
+    assert ref[1][0][1]["detectable_failures"] > 0 or n < 1000  # poor side information: the repair path runs
+
+
+def test_keyed_encode_equals_the_pure_quantizer_with_the_streams_dither() -> None:
+    from fedsim.codecs.dither import uniform
+
+    g, key = _update(5000, 3), (123, 456)
+    u = uniform(key, 0, g.size)
+    sym, scale = dithered.encode(g, 3, 512, key)
+    ref_sym, ref_scale = dithered.quantize(g, 3, 512, u)
+    assert_same((sym, scale), (ref_sym, ref_scale))
+    assert_same(dithered.decode(sym, scale, 3, 512, key), dithered.dequantize(ref_sym, ref_scale, 3, 512, u))
+    nsym, nscale = nested.encode(g, 3, 3, 0.5, 512, key)
+    assert_same((nsym, nscale), nested.nested_quantize(g, 3, 3, 0.5, 512, u))
+
+
+def test_non_finite_updates_encode_to_symbols_in_range(split: str) -> None:
+    g = _update(3000, 1)
+    g[5], g[2000] = np.nan, np.inf
+    ctx = CodecContext(0, 1, 2, 0)
+    for codec in (Dqsg(), Ndqsg()):
+        ref, fast = both(lambda: codec.encode(g, {}, ctx)[0])
+        assert not np.isfinite(fast["scale"][[0, 3]]).any()  # the buckets with nan/inf: the server rejects
+        assert np.array_equal(ref["sym"], fast["sym"])
+
+
+@pytest.mark.parametrize("base", [2, 3, 5, 7, 9, 11, 13, 16, 17, 31, 61, 127, 255])
+def test_packer_kernels_match_numpy(base: int, split: str) -> None:
+    rng = np.random.default_rng(base)
+    k, _ = best_block(base)
+    for n in (1, k - 1, k, 40 * k + 3, 100_003):
+        sym = rng.integers(0, base, n).astype(np.uint8)
+        ref, fast = both(lambda: pack(sym, base))
+        assert_same(ref, fast)
+        back_ref, back = both(lambda: unpack(fast, n, base))
+        assert_same(back_ref, back)
+        assert np.array_equal(back, sym)
+
+
+@pytest.mark.parametrize("base", [3, 7])
+def test_unpack_kernel_rejects_what_numpy_rejects(base: int) -> None:
+    k, m = best_block(base)
+    sym = np.zeros(5 * k, dtype=np.uint8)
+    packed = pack(sym, base)
+    bad = packed.copy()
+    bad[2 * m:3 * m] = 0xFF  # block 2's value >= base**k
+    for enabled in (False, True):
+        kernels.use_jit(enabled)
+        try:
+            with pytest.raises(ValueError, match="not a valid packing"):
+                unpack(bad, sym.size, base)
+            with pytest.raises(ValueError, match="padding"):
+                unpack(pack(np.ones(k, dtype=np.uint8), base), k - 1, base)  # a 1 where padding must be 0
+        finally:
+            kernels.use_jit(True)
+
+
+def test_threads_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDSIM_CODEC_THREADS", "3")
+    assert kernels.threads() == 3
+    monkeypatch.delenv("FEDSIM_CODEC_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets in a 1-CPU actor
+    assert kernels.threads() == 1
+    kernels.set_threads(2)
+    try:
+        assert kernels.threads() == 2
+    finally:
+        kernels.set_threads(None)
+    with pytest.raises(ValueError, match="positive int"):
+        kernels.set_threads(0)
+    assert kernels.ranges(10, 4, 2) == [(0, 8), (8, 10)] and kernels.ranges(0, 4, 2) == []
