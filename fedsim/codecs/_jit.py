@@ -293,3 +293,38 @@ def unpack_bytes(data, sym, nblocks, lut, j0, j1):  # pragma: no cover - compile
         t = lut[i]
         for j in range(d.size):
             row[j] = t[d[j]]
+
+
+@nb.njit(**_OPTS)
+def qsgd_symbols(v, gain, levels, bucket, k0, k1, sym, a, b):  # pragma: no cover - compiled
+    """QSGD symbols ``sign(v)*min(floor(|v|*gain + r), s) + s`` (fedsim.codecs.qsgd.qsgd_symbols).
+
+    ``r`` is the counter-based stream on ``[0, 1)``: the dither plus 1/2.
+    """
+    sf = F(levels)
+    for lo in range(a, b, bucket):
+        hi = min(lo + bucket, b)
+        x = v[lo:hi]
+        sy = sym[lo:hi]
+        c = gain[lo // bucket]
+        for i in range(x.size):
+            w = x[i] * c
+            t = np.abs(w) + (_dither(lo + i, k0, k1) + F(0.5))
+            t = np.floor(t)
+            if not np.isfinite(t):
+                t = F(0.0)
+            t = sf if t > sf else t
+            sy[i] = np.uint8(np.copysign(t, w) + sf)
+
+
+@nb.njit(**_OPTS)
+def qsgd_values(sym, fac, levels, bucket, out, a, b):  # pragma: no cover - compiled
+    """QSGD decode ``(sym - s) * (norm/s)`` (fedsim.codecs.qsgd.qsgd_dequantize)."""
+    sf = F(levels)
+    for lo in range(a, b, bucket):
+        hi = min(lo + bucket, b)
+        sy = sym[lo:hi]
+        o = out[lo:hi]
+        f = fac[lo // bucket]
+        for i in range(o.size):
+            o[i] = (F(sy[i]) - sf) * f

