@@ -14,7 +14,7 @@ from fedsim.clients.tasks import CODEC_KEY
 from fedsim.codecs import PayloadError, TensorInfo
 from fedsim.codecs.buckets import n_buckets
 from fedsim.codecs.dithered import Dqsg
-from fedsim.codecs.model import decode_update, encode_update, init_states, tensor_infos
+from fedsim.codecs.model import contexts, decode_update, encode_update, init_states, tensor_infos
 from fedsim.codecs.nested import Ndqsg
 from fedsim.codecs.packing import packed_nbytes
 from fedsim.engine.inprocess import InProcessGrid
@@ -27,6 +27,7 @@ from fedsim.strategies.nested_dithering import (
     decode_nested_group,
     reference_codec,
     reference_group,
+    repair_is_exact,
     weighted_mean,
 )
 from fedsim.wire import CONFIG, ROUND_KEY
@@ -80,6 +81,54 @@ def test_nested_group_decodes_to_dqsg_with_close_side_information_and_drops_far_
         want = decode_update(ref, _encode(ref, g, c, infos), infos, seed=7, round_=3, client=c)[0]
         np.testing.assert_array_equal(out.accepted[c][0], want)
     assert out.coordinates == 3 * n and 0 < out.detectable == out.failure_fraction * 3 * n
+
+
+def test_repair_is_exact_hand_values():
+    # b = ceil(alpha*M1) admissible indices on each side: 2b + 1 values over rho cosets
+    assert repair_is_exact(Ndqsg(m1=3, m2=1, alpha=1 / 3))  # b = 1: 3 values, 3 cosets
+    assert repair_is_exact(Ndqsg(m1=4, m2=1, alpha=0.25))  # b = 1: 3 values, 4 cosets
+    assert not repair_is_exact(Ndqsg(m1=3, m2=1, alpha=0.4))  # b = 2: 5 values, 3 cosets
+    assert not repair_is_exact(Ndqsg(m1=3, m2=1, alpha=1.0))  # b = 3: 7 values
+
+
+def _far_client(alpha, estimator="unbiased"):
+    """One nested client and a far-off side information y = -5g (out of range: detectable)."""
+    n = 8 * 64
+    infos = [TensorInfo("w", (n,))]
+    nested = Ndqsg(m1=3, m2=1, alpha=alpha, bucket=64, estimator=estimator)
+    g = np.random.default_rng(2).standard_normal(n).astype(np.float32)
+    payloads = {4: _encode(nested, g, 4, infos)}
+    part = {"sym": payloads[4]["0.sym"], "scale": payloads[4]["0.scale"]}
+    truth = nested.decode_with_side_info(part, infos[0], contexts(1, 7, 3, 4)[0], g)  # y = g: always exact
+    return nested, payloads, infos, g, truth
+
+
+def test_exact_repair_keeps_a_client_with_detectable_failures_and_decodes_it_exactly():
+    nested, payloads, infos, g, truth = _far_client(1 / 3)
+    out = decode_nested_group(nested, payloads, infos, 7, 3, [-5 * g], count=1, max_failure_fraction=0.0)
+    assert out.detectable > 0.1 * g.size  # many failures, all detectable ...
+    assert list(out.accepted) == [4] and out.rejected == []  # ... and repaired: the client is kept
+    np.testing.assert_array_equal(out.accepted[4][0], truth)
+
+
+def test_inexact_repair_rejects_by_threshold_and_default_keeps_every_client():
+    nested, payloads, infos, g, truth = _far_client(0.4)
+    strict = decode_nested_group(nested, payloads, infos, 7, 3, [-5 * g], count=1, max_failure_fraction=0.0)
+    assert strict.rejected == [4] and strict.detectable > 0
+    default = NestedDitheredQuantization().client_failure_threshold
+    assert default == 1.0
+    kept = decode_nested_group(nested, payloads, infos, 7, 3, [-5 * g], count=1, max_failure_fraction=default)
+    assert list(kept.accepted) == [4]
+    assert not np.array_equal(kept.accepted[4][0], truth)  # some repairs land on the wrong member
+
+
+@pytest.mark.parametrize("alpha, estimator, warns", [(0.5, "mmse", True), (0.5, "unbiased", False), (1.0, "mmse", False)])
+def test_mmse_with_alpha_below_one_warns_of_the_pull_towards_the_references(caplog, alpha, estimator, warns):
+    cfg = small_config("strategy.name=ndqsg-nested", "codec.name=ndqsg",
+                       f"codec.params={{m1: 3, m2: 1, alpha: {alpha}, estimator: {estimator}}}")
+    with caplog.at_level("WARNING", logger="fedsim"):
+        build_wrapper(cfg)
+    assert ("leans towards the references" in caplog.text) == warns
 
 
 def test_stale_side_information_counts_for_nothing_in_the_running_mean():
@@ -183,9 +232,9 @@ class Lossy(InProcessGrid):
         return super().push_messages(keep)
 
 
-@pytest.mark.parametrize("threshold", [0.0, 1.0])
-def test_no_reference_client_skips_then_uses_stale_side_information(tmp_path, threshold):
-    cfg = small_config(*NESTED, "rounds=3", "clients_per_round=6",
+@pytest.mark.parametrize("threshold, alpha", [(0.0, 1.0), (1.0, 1.0), (0.0, 0.3333333333)])
+def test_no_reference_client_skips_then_uses_stale_side_information(tmp_path, threshold, alpha):
+    cfg = small_config(*NESTED, "rounds=3", "clients_per_round=6", f"codec.params.alpha={alpha}",
                        f"strategy.params={{stale_failure_threshold: {threshold}, client_failure_threshold: 1.0}}")
     grid = Lossy(app, cfg.data.num_clients, lose=lambda rnd, client, codec: rnd in (1, 3) and codec == "dqsg")
     run_inprocess(cfg, tmp_path, grid)
@@ -200,10 +249,10 @@ def test_no_reference_client_skips_then_uses_stale_side_information(tmp_path, th
     # round 3: side information = round 2's aggregate, marked stale
     assert (r3["side_info_stale"], r3["reference_clients"], r3["nested_clients"]) == (1, 0, 4)
     assert r3["nested_failure_fraction"] > 0.0 and r3["bytes_up"] > 0
-    if threshold == 0.0:  # failures above the threshold: nested discarded, model kept
+    if threshold == 0.0 and alpha == 1.0:  # failures above the threshold: nested discarded, model kept
         assert r3["nested_discarded"] == 4 and r3["nested_accepted"] == 0
         assert r3["test_loss"] == r2["test_loss"]
-    else:
+    else:  # below the threshold, or (alpha = 1/3) every failure repaired exactly
         assert r3["nested_accepted"] == 4 and r3["test_loss"] != r2["test_loss"]
 
 
