@@ -14,6 +14,7 @@ payload byte that reached the server (symbols and bucket scales), rejected repli
 
     .venv/bin/python benchmarks/quantization.py [--setting noniid] [--rounds 20] [--seed 0]
         [--only "DQSG M=3" "a=0.4"] [--set key=value ...]
+    .venv/bin/python benchmarks/quantization.py --probe [--setting iid]   # decodability of real updates
 
 Goal (issue 5): NDQSG <= 0.6x the bits of DQSG (M=3) at equal accuracy (here: final test
 accuracy within 1 point of DQSG's).
@@ -113,6 +114,53 @@ def run(name: str, overrides: list[str], rounds: int, seed: int, config: Path = 
     return out
 
 
+def probe(config: Path, overrides: list[str], seed: int, rounds: tuple[int, ...] = (1, 5, 15)) -> None:
+    """How close real client updates are to each other: what the nested code can decode.
+
+    Runs dense FedAvg (the torch trainer, no codec) and, at each of ``rounds``, takes the
+    updates ``g_i`` of the sampled clients and prints, averaged over the clients,
+    ``|g_i - y_i|^2 / |g_i|^2`` with ``y_i`` the mean of the *other* clients (the best side
+    information a round can give), and the leave-one-out failure estimate of NDQSG
+    (M1 = 3, rho = 3, bucket 512; :func:`fedsim.codecs.nested.estimate_failures_loo`) for
+    alpha = 1 and 0.4, before any repair.
+    """
+    import numpy as np
+
+    from fedsim.clients import torch_trainer as tt
+    from fedsim.codecs.nested import estimate_failures_loo
+    from fedsim.config import load_config
+    from fedsim.data.datasets import load_dataset, load_partition
+    from fedsim.engine.wrapper import sample_clients
+    from fedsim.models import build_model
+
+    cfg = load_config(config, [f"seed={seed}", *overrides])
+    tt.one_thread()
+    ds = load_dataset(cfg.data, cfg.seed)
+    model = build_model(cfg.model.name, cfg.model.params, ds.input_shape, ds.num_classes, cfg.seed)
+    w, t = tt.get_weights(model), cfg.train
+    sizes = [a.size for a in w]
+    print(f"{'round':>5} {'|g-y|^2/|g|^2':>13} {'LOO fail a=1':>12} {'LOO fail a=0.4':>14}")
+    for rnd in range(1, max(rounds) + 1):
+        clients = sample_clients(cfg.seed, rnd, list(range(cfg.data.num_clients)), cfg.clients_per_round)
+        deltas, n = [], []
+        for c in clients:
+            x, y = load_partition(cfg.data, cfg.seed, c)
+            tt.set_weights(model, w)
+            m = tt.train(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+                         momentum=t.momentum, weight_decay=t.weight_decay, seed=rnd * 100_003 + c)
+            deltas.append([a - b for a, b in zip(tt.get_weights(model), w)])
+            n.append(m["num-examples"])
+        if rnd in rounds:
+            flat = np.stack([np.concatenate([a.ravel() for a in d]) for d in deltas]).astype(np.float64)
+            others = (flat.sum(0) - flat) / (len(flat) - 1)
+            ratio = float(np.mean(((flat - others) ** 2).sum(1) / (flat ** 2).sum(1)))
+            fail = [float(np.average([estimate_failures_loo([d[k] for d in deltas], 3, 3, a, 512)
+                                      for k in range(len(w))], weights=sizes)) for a in (1.0, 0.4)]
+            print(f"{rnd:5d} {ratio:13.2f} {fail[0]:12.3f} {fail[1]:14.3f}", flush=True)
+        share = np.asarray(n) / sum(n)
+        w = [b + sum(f * d[k] for f, d in zip(share, deltas)) for k, b in enumerate(w)]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=20)
@@ -120,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--setting", choices=sorted(SETTINGS), default="noniid")
     ap.add_argument("--only", nargs="*", help="substrings of method names to run (default: the main rows)")
     ap.add_argument("--set", nargs="*", default=[], dest="extra", help="extra config overrides for every row")
+    ap.add_argument("--probe", action="store_true",
+                    help="instead of the table: how close real client updates are (dense FedAvg, rounds 1, 5, 15)")
     args = ap.parse_args(argv)
     import logging
 
@@ -127,6 +177,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("fedsim").setLevel(logging.ERROR)
     results = []
     config, setting, what = SETTINGS[args.setting]
+    if args.probe:
+        print(f"MNIST-5k, CNN, 100 clients ({what}), seed {args.seed}: client updates of a dense FedAvg run")
+        probe(config, [*setting, *args.extra], args.seed)
+        return
     exact = set(args.only or []) & set(METHODS)  # a full name runs that row only
     loose = [s.lower() for s in args.only or [] if s not in exact]
     for name, overrides in METHODS.items():
