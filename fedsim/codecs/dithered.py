@@ -39,6 +39,8 @@ scales); for ``M = 3``, ``bucket = 512`` and ``n`` a multiple of 17*512: 2.824 +
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from fedsim.registry import CODECS
@@ -142,6 +144,23 @@ def encode(
 
     ``pad_to`` (>= n) sizes the symbol array for the packer; entries past ``n`` are 0.
     """
+    return keyed_symbols(
+        g, levels, 1.0, bucket, key, scale_dtype, pad_to,
+        compiled=lambda k, *a: k.dqsg_symbols(*a[:3], levels, bucket, *a[3:]),
+        reference=lambda x, inv, u: symbols(x, inv, levels, bucket, u))
+
+
+def keyed_symbols(
+    g: np.ndarray, levels: float, numerator: float, bucket: int, key: Key, scale_dtype: str, pad_to: int | None,
+    compiled: Callable[..., None], reference: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The encoders' common frame: steps ``||g||_inf / levels`` per bucket, then symbols.
+
+    ``compiled(jit, g, scale, fit, k0, k1, sym, a, b)`` runs a kernel on entries ``[a, b)``
+    (``fit``: the kernel computes the float32 steps itself, see :func:`kernel_steps`);
+    ``reference(g_chunk, numerator / s, u)`` is the numpy path, run chunk by chunk with the
+    dither of ``key``. Returns the symbols (padded with zeros to ``pad_to``) and the steps.
+    """
     g = np.ascontiguousarray(g, dtype=np.float32).reshape(-1)
     n = check_length(g.size)
     sym = np.empty(max(n, pad_to or 0), dtype=np.uint8)
@@ -149,12 +168,12 @@ def encode(
     k = kernels.jit()
     if k is not None:
         scale, fit = kernel_steps(g, levels, bucket, scale_dtype)
-        kernels.parallel(k.dqsg_symbols, n, bucket, g, scale, fit, levels, bucket, *_words(key), sym)
+        kernels.parallel(lambda *a: compiled(k, *a), n, bucket, g, scale, fit, *_words(key), sym)
         return sym, scale.astype(scale_dtype, copy=False)
     scale = steps(g, levels, bucket, scale_dtype)
-    inv = _reciprocal(scale)
+    factor = _reciprocal(scale, numerator)
     for a, b, ba, bb in buckets.chunks(n, bucket):
-        sym[a:b] = symbols(g[a:b], inv[ba:bb], levels, bucket, uniform(key, a, b - a))
+        sym[a:b] = reference(g[a:b], factor[ba:bb], uniform(key, a, b - a))
     return sym, scale
 
 

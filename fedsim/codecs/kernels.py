@@ -43,6 +43,7 @@ def jit() -> ModuleType | None:
                 if os.environ.get("FEDSIM_NO_JIT", "") not in ("", "0"):
                     _jit = None
                 else:
+                    module: ModuleType | None
                     try:
                         from . import _jit as module
                     except ImportError:  # numba not installed: the numpy path

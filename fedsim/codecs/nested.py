@@ -59,7 +59,7 @@ from fedsim.registry import CODECS
 from . import buckets, kernels
 from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo
 from .dither import DITHER_STREAM, check_length, uniform
-from .dithered import Key, _reciprocal, _words, check_scales, kernel_steps, steps
+from .dithered import Key, _reciprocal, _words, check_scales, keyed_symbols, steps
 from .packing import pack, packed_nbytes, padded_length, unpack
 
 ESTIMATORS = ("mmse", "unbiased")
@@ -227,20 +227,10 @@ def encode(
     pad_to: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """NDQSG encoder with the counter-based dither of ``key`` (:func:`nested_quantize`, ``u = uniform(key, 0, n)``)."""
-    g = np.ascontiguousarray(g, dtype=np.float32).reshape(-1)
-    n = check_length(g.size)
-    sym = np.empty(max(n, pad_to or 0), dtype=np.uint8)
-    sym[n:] = 0
-    k = kernels.jit()
-    if k is not None:
-        scale, fit = kernel_steps(g, m1, bucket, scale_dtype)
-        kernels.parallel(k.nested_symbols, n, bucket, g, scale, fit, m1, float(alpha), rho, bucket, *_words(key), sym)
-        return sym, scale.astype(scale_dtype, copy=False)
-    scale = steps(g, m1, bucket, scale_dtype)
-    gain = _reciprocal(scale, alpha)
-    for a, b, ba, bb in buckets.chunks(n, bucket):
-        sym[a:b] = coset_symbols(g[a:b], gain[ba:bb], rho, bucket, uniform(key, a, b - a))
-    return sym, scale
+    return keyed_symbols(
+        g, m1, alpha, bucket, key, scale_dtype, pad_to,
+        compiled=lambda k, *a: k.nested_symbols(*a[:3], m1, float(alpha), rho, bucket, *a[3:]),
+        reference=lambda x, gain, u: coset_symbols(x, gain, rho, bucket, u))
 
 
 def decode(
