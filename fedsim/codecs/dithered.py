@@ -169,12 +169,26 @@ def keyed_symbols(
     if k is not None:
         scale, fit = kernel_steps(g, levels, bucket, scale_dtype)
         kernels.parallel(lambda *a: compiled(k, *a), n, bucket, g, scale, fit, *_words(key), sym)
-        return sym, scale.astype(scale_dtype, copy=False)
+        return sym, _canonical_nan(scale.astype(scale_dtype, copy=False))
     scale = steps(g, levels, bucket, scale_dtype)
     factor = _reciprocal(scale, numerator)
     for a, b, ba, bb in buckets.chunks(n, bucket):
         sym[a:b] = reference(g[a:b], factor[ba:bb], uniform(key, a, b - a))
-    return sym, scale
+    return sym, _canonical_nan(scale)
+
+
+def _canonical_nan(scale: np.ndarray) -> np.ndarray:
+    """The steps with every NaN replaced by the one NaN ``np.nan`` (in place).
+
+    A bucket with a NaN has a NaN step (the server rejects it), but which NaN bit pattern
+    (sign, payload) depends on how the max was taken: numpy's max keeps the input's
+    (x86 arithmetic makes the negative 0xFFC00000), the compiled kernel clears the sign.
+    One pattern keeps the payload bytes of both paths equal.
+    """
+    nan = np.isnan(scale)
+    if nan.any():
+        scale[nan] = np.nan
+    return scale
 
 
 def kernel_steps(g: np.ndarray, levels: float, bucket: int, scale_dtype: str) -> tuple[np.ndarray, bool]:
