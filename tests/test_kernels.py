@@ -6,6 +6,7 @@ here runs the same call both ways and compares exactly, including threaded split
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,8 @@ from fedsim.codecs.packing import best_block, pack, unpack
 from fedsim.codecs.qsgd import Qsgd
 
 numba = pytest.importorskip("numba", reason="numba not installed (the numpy-only edge install): nothing to compare")
+if os.environ.get("FEDSIM_NO_JIT", "") not in ("", "0"):  # use_jit(True) keeps to it: no compiled path
+    pytest.skip("FEDSIM_NO_JIT is set: nothing to compare", allow_module_level=True)
 
 
 @pytest.fixture(params=["inline", "threads"])

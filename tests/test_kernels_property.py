@@ -8,6 +8,7 @@ decoding, :func:`fedsim.codecs.base.validate_payload`), so decodes compare NaN a
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from fedsim.codecs.nested import Ndqsg
 from fedsim.codecs.qsgd import Qsgd
 
 pytest.importorskip("numba", reason="numba not installed (the numpy-only edge install): nothing to compare")
+if os.environ.get("FEDSIM_NO_JIT", "") not in ("", "0"):  # use_jit(True) keeps to it: no compiled path
+    pytest.skip("FEDSIM_NO_JIT is set: nothing to compare", allow_module_level=True)
 
 SPECIAL = [0.0, -0.0, np.nan, -np.nan, np.inf, -np.inf, 1e-45, -1e-40, 3e38, -3e38, 1.0, -1.0, 0.5]
 
