@@ -63,6 +63,7 @@ from .dithered import Key, _reciprocal, _words, check_scales, keyed_symbols, ste
 from .packing import pack, packed_nbytes, padded_length, unpack
 
 ESTIMATORS = ("mmse", "unbiased")
+MAX_M1 = 1 << 20  # |q1| <= alpha*M1 + 1 must be exact in float32
 
 
 class SideInformationRequired(RuntimeError):
@@ -366,8 +367,9 @@ class Ndqsg(Codec):
         estimator: str = "mmse",
     ) -> None:
         for nm, v in (("m1", m1), ("m2", m2)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"ndqsg: {nm} must be a positive int; got {v!r}")
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= MAX_M1:
+                raise ValueError(f"ndqsg: {nm} must be an int in 1..{MAX_M1} (the fine index is computed in "
+                                 f"float32, exact below 2**24); got {v!r}")
         rho = int(m1) // int(m2)
         if not 2 <= rho <= 256:
             raise ValueError(
