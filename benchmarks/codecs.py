@@ -6,7 +6,9 @@
     number selected against k (goals: 5x faster than torch.topk, count within +-30% of k).
 (b) encode + decode throughput, in GB/s of float32 input (4 * size bytes / time), of every
     codec registered in ``fedsim.registry.CODECS`` built with its default parameters,
-    beside ``np.copyto`` of the same tensor as the memory-bandwidth reference.
+    beside ``np.copyto`` of the same tensor as the memory-bandwidth reference. The
+    quantizers run their compiled kernels when numba is installed (``benchmarks/quantizers.py``
+    compares them with the numpy path).
 
 Usage: ``python benchmarks/codecs.py [--size 10000000] [--repeat 5] [--threads 1]``.
 Times are the median of --repeat runs after one warm-up run.
@@ -70,7 +72,10 @@ def bench_throughput(x: np.ndarray, repeat: int) -> None:
     x2 = x.reshape(shape)
     info = TensorInfo("bench", shape)
     nbytes = x.nbytes
-    print(f"\n(b) encode + decode of one {shape} float32 tensor ({nbytes / 1e6:.0f} MB), defaults")
+    from fedsim.codecs import kernels
+
+    path = f"numba kernels, {kernels.threads()} thread(s)" if kernels.available() else "numpy (numba not installed)"
+    print(f"\n(b) encode + decode of one {shape} float32 tensor ({nbytes / 1e6:.0f} MB), defaults; dqsg/ndqsg/qsgd: {path}")
     print(f"{'codec':<16}{'encode ms':>11}{'decode ms':>11}{'GB/s':>8}{'payload B':>13}{'ratio':>8}")
     out = np.empty_like(x)
     t = timeit(lambda: np.copyto(out, x), repeat)

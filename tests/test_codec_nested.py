@@ -238,3 +238,9 @@ def test_constrained_decode_keeps_correct_decodes_and_repairs_some_failures() ->
     assert np.count_nonzero(fixed != want) < np.count_nonzero(plain != want)  # some failures repaired
     steps = np.repeat(np.abs(g).reshape(-1, B).max(axis=1) / 3, B)
     assert (np.abs(fixed) <= 3.5 * steps * (1 + 1e-6)).all()  # every index in the admissible range
+
+
+def test_m1_is_capped_where_float32_stops_holding_the_fine_index() -> None:
+    Ndqsg(m1=2**20, m2=2**19)
+    with pytest.raises(ValueError, match="1..1048576"):
+        Ndqsg(m1=2**27, m2=1)

@@ -6,6 +6,7 @@ here runs the same call both ways and compares exactly, including threaded split
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,8 @@ from fedsim.codecs.packing import best_block, pack, unpack
 from fedsim.codecs.qsgd import Qsgd
 
 numba = pytest.importorskip("numba", reason="numba not installed (the numpy-only edge install): nothing to compare")
+if os.environ.get("FEDSIM_NO_JIT", "") not in ("", "0"):  # use_jit(True) keeps to it: no compiled path
+    pytest.skip("FEDSIM_NO_JIT is set: nothing to compare", allow_module_level=True)
 
 
 @pytest.fixture(params=["inline", "threads"])
@@ -129,7 +132,7 @@ def test_non_finite_updates_encode_to_symbols_in_range(split: str) -> None:
         assert np.array_equal(ref["sym"], fast["sym"])
 
 
-@pytest.mark.parametrize("base", [2, 3, 5, 7, 9, 11, 13, 16, 17, 31, 61, 127, 255])
+@pytest.mark.parametrize("base", [2, 3, 5, 7, 9, 11, 13, 16, 17, 31, 61, 127, 255, 256])
 def test_packer_kernels_match_numpy(base: int, split: str) -> None:
     rng = np.random.default_rng(base)
     k, _ = best_block(base)
@@ -174,3 +177,110 @@ def test_threads_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(ValueError, match="positive int"):
         kernels.set_threads(0)
     assert kernels.ranges(10, 4, 2) == [(0, 8), (8, 10)] and kernels.ranges(0, 4, 2) == []
+
+
+def test_nan_steps_are_the_same_bytes_on_both_paths(split: str) -> None:
+    # a NaN from arithmetic on x86 is the negative 0xFFC00000; numpy's max kept its sign,
+    # the compiled absmax cleared it: the payload bytes differed (review of db157c9..0854534)
+    g = _update(3000, 2)
+    with np.errstate(invalid="ignore"):
+        g[5] = np.float32(np.inf) - np.float32(np.inf)
+    g[1500] = -np.float32(np.nan)
+    ctx = CodecContext(0, 1, 2, 0)
+    for codec in (Dqsg(), Dqsg(bucket=7, scale_dtype="float16"), Ndqsg(), Ndqsg(alpha=0.5, scale_dtype="float16")):
+        ref, fast = both(lambda: codec.encode(g, {}, ctx)[0])
+        assert np.isnan(fast["scale"]).any()
+        assert ref["scale"].tobytes() == fast["scale"].tobytes() and ref["sym"].tobytes() == fast["sym"].tobytes()
+
+
+def test_rho_256_round_trips_on_both_paths() -> None:
+    # base 256 (ndqsg with rho = 256 is allowed) crashed the numpy packer: np.uint8(256)
+    codec, n = Ndqsg(m1=256, m2=1), 1000
+    info, ctx, g = TensorInfo("w", (n,)), CodecContext(5, 2, 7, 1), _update(n, 4)
+
+    def run() -> tuple[Any, np.ndarray]:
+        payload, _ = codec.encode(g, {}, ctx)
+        codec.check(payload, info)
+        return payload, codec.decode_with_side_info(payload, info, ctx, g)
+
+    ref, fast = both(run)
+    assert_same(ref, fast)
+
+
+def test_set_threads_while_other_threads_encode() -> None:
+    # set_threads shut the pool down between another thread's _executor() and its map():
+    # "RuntimeError: cannot schedule new futures after shutdown"
+    import threading
+    import time
+
+    g = _update(4096, 5)
+    want = dithered.encode(g, 3, 64, (1, 2))
+    errors: list[str] = []
+    done = [0]
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                sym, scale = dithered.encode(g, 3, 64, (1, 2))
+                assert np.array_equal(sym, want[0]) and np.array_equal(scale, want[1])
+                done[0] += 1
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(repr(err))
+
+    saved = kernels.MIN_PARALLEL
+    kernels.MIN_PARALLEL = 1
+    workers = [threading.Thread(target=work) for _ in range(2)]
+    try:
+        for t in workers:
+            t.start()
+        end, i = time.monotonic() + 1.0, 0
+        while time.monotonic() < end and not errors:
+            kernels.set_threads(2 + i % 2)
+            i += 1
+    finally:
+        stop.set()
+        for t in workers:
+            t.join()
+        kernels.MIN_PARALLEL = saved
+        kernels.set_threads(None)
+    assert not errors, errors[:3]
+    assert done[0] > 0
+
+
+def test_unusable_numba_falls_back_to_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # numba raises RuntimeError("cannot cache function ...: no locator available") at import
+    # of _jit when neither the install dir nor ~/.cache is writable; that used to escape
+    # kernels.jit() (it caught ImportError only) and fail every dqsg/ndqsg/qsgd call
+    import sys
+
+    import fedsim.codecs as package
+    from numba.core import caching
+
+    def read_only(self: Any) -> None:
+        raise PermissionError(13, "Read-only file system", self.get_cache_path())
+
+    monkeypatch.setattr(caching._CacheLocator, "ensure_cache_path", read_only)
+    monkeypatch.delitem(sys.modules, "fedsim.codecs._jit")  # restored afterwards, with the package attribute
+    monkeypatch.delattr(package, "_jit")
+    g = _update(1000, 6)
+    kernels.use_jit(True)
+    try:
+        with pytest.warns(RuntimeWarning, match="no locator available"):
+            assert kernels.jit() is None
+        sym, scale = dithered.encode(g, 3, 512, (1, 2))
+    finally:
+        kernels.use_jit(True)
+    monkeypatch.undo()
+    assert kernels.available()
+    assert_same((sym, scale), dithered.encode(g, 3, 512, (1, 2)))
+
+
+def test_a_huge_bucket_is_one_bucket_per_tensor_on_both_paths() -> None:
+    g = _update(5000, 7)
+    info, ctx = TensorInfo("w", (5000,)), CodecContext(5, 2, 7, 1)
+    for bucket in (2**61, 2**63, 2**70):
+        codec = Dqsg(bucket=bucket)
+        ref, fast = both(lambda: codec.encode(g, {}, ctx)[0])
+        assert_same(ref, fast)
+        assert_same(fast, Dqsg(bucket=5000).encode(g, {}, ctx)[0])

@@ -23,7 +23,6 @@ F = np.float32
 F64 = np.float64
 I64 = np.int64
 _TINY = float(np.finfo(np.float32).tiny)
-_OPTS = {"nogil": True, "cache": True}
 
 
 @nb.njit(inline="always")
@@ -43,7 +42,7 @@ def _dither(i, k0, k1):  # pragma: no cover - compiled
     return F(I(x >> U(8))) * F(2.0**-24) - F(0.5)
 
 
-@nb.njit(**_OPTS)
+@nb.njit(nogil=True, cache=True)
 def absmax(x, bucket, out, a, b):  # pragma: no cover - compiled
     """``out[j] = max |x|`` over bucket ``j`` for the buckets of ``[a, b)``.
 
@@ -79,7 +78,7 @@ def _bucket_factor(x, j, scale, fit, levels, numerator, tmp):  # pragma: no cove
     return F(numerator) / scale[j]
 
 
-@nb.njit(**_OPTS)
+@nb.njit(nogil=True, cache=True)
 def dqsg_symbols(g, scale, fit, levels, bucket, k0, k1, sym, a, b):  # pragma: no cover - compiled
     """DQSG symbols ``clip(floor(g/s + u + 1/2), -M, M) + M`` (fedsim.codecs.dithered.symbols).
 
@@ -105,7 +104,7 @@ def dqsg_symbols(g, scale, fit, levels, bucket, k0, k1, sym, a, b):  # pragma: n
             sy[i] = np.uint8(I(w) + mi)
 
 
-@nb.njit(**_OPTS)
+@nb.njit(nogil=True, cache=True)
 def dqsg_values(sym, scale, levels, bucket, k0, k1, out, a, b):  # pragma: no cover - compiled
     """DQSG decode ``s * ((sym - M) - u)`` (fedsim.codecs.dithered.dequantize)."""
     mf = F(levels)
@@ -118,7 +117,7 @@ def dqsg_values(sym, scale, levels, bucket, k0, k1, out, a, b):  # pragma: no co
             o[i] = ((F(sy[i]) - mf) - _dither(lo + i, k0, k1)) * s
 
 
-@nb.njit(**_OPTS)
+@nb.njit(nogil=True, cache=True)
 def nested_symbols(g, scale, fit, m1, alpha, rho, bucket, k0, k1, sym, a, b):  # pragma: no cover - compiled
     """NDQSG coset indices ``floor(alpha*g/s + u + 1/2) mod rho`` (fedsim.codecs.nested.coset_symbols)."""
     r = F(rho)
@@ -139,7 +138,7 @@ def nested_symbols(g, scale, fit, m1, alpha, rho, bucket, k0, k1, sym, a, b):  #
             sy[i] = np.uint8(w - k)
 
 
-@nb.njit(**_OPTS)
+@nb.njit(nogil=True, cache=True)
 def nested_values(sym, gain, fac, y, rho, bound, coef, constrain, bucket, k0, k1, out, a, b):  # pragma: no cover
     """NDQSG decode with side information ``y``; returns the detectable failures in ``[a, b)``.
 
@@ -192,7 +191,7 @@ def nested_values(sym, gain, fac, y, rho, bound, coef, constrain, bucket, k0, k1
     return fails
 
 
-@nb.njit(**_OPTS)
+@nb.njit(nogil=True, cache=True)
 def pack_blocks(sym, out, nblocks, k, m, base, ksplit, j0, j1):  # pragma: no cover - compiled
     """Blocks ``[j0, j1)`` of :func:`fedsim.codecs.packing.pack` from ``k`` planar rows of ``sym``.
 
@@ -226,7 +225,7 @@ def pack_blocks(sym, out, nblocks, k, m, base, ksplit, j0, j1):  # pragma: no co
                 o[t * m + z] = np.uint8(v >> np.uint64(8 * z))
 
 
-@nb.njit(**_OPTS)
+@nb.njit(nogil=True, cache=True)
 def unpack_blocks(data, sym, nblocks, k, m, base, ksplit, limit, j0, j1):  # pragma: no cover - compiled
     """Inverse of :func:`pack_blocks` for blocks ``[j0, j1)``; returns how many are ``>= limit``.
 
@@ -280,7 +279,7 @@ def unpack_blocks(data, sym, nblocks, k, m, base, ksplit, limit, j0, j1):  # pra
     return bad
 
 
-@nb.njit(**_OPTS)
+@nb.njit(nogil=True, cache=True)
 def unpack_bytes(data, sym, nblocks, lut, j0, j1):  # pragma: no cover - compiled
     """One-byte blocks (e.g. 5 base-3 symbols): digit ``i`` of block ``j`` is ``lut[i, data[j]]``.
 
@@ -295,7 +294,7 @@ def unpack_bytes(data, sym, nblocks, lut, j0, j1):  # pragma: no cover - compile
             row[j] = t[d[j]]
 
 
-@nb.njit(**_OPTS)
+@nb.njit(nogil=True, cache=True)
 def qsgd_symbols(v, gain, levels, bucket, k0, k1, sym, a, b):  # pragma: no cover - compiled
     """QSGD symbols ``sign(v)*min(floor(|v|*gain + r), s) + s`` (fedsim.codecs.qsgd.qsgd_symbols).
 
@@ -317,7 +316,7 @@ def qsgd_symbols(v, gain, levels, bucket, k0, k1, sym, a, b):  # pragma: no cove
             sy[i] = np.uint8(np.copysign(t, w) + sf)
 
 
-@nb.njit(**_OPTS)
+@nb.njit(nogil=True, cache=True)
 def qsgd_values(sym, fac, levels, bucket, out, a, b):  # pragma: no cover - compiled
     """QSGD decode ``(sym - s) * (norm/s)`` (fedsim.codecs.qsgd.qsgd_dequantize)."""
     sf = F(levels)

@@ -17,11 +17,19 @@ def n_buckets(n: int, bucket: int) -> int:
     return -(-int(n) // int(bucket))
 
 
+MAX_BUCKET = 1 << 32  # a tensor has at most 2**32 entries (fedsim.codecs.dither.check_length)
+
+
 def check_bucket(bucket: int, who: str) -> int:
-    """Validate a bucket size (a positive int) and return it."""
+    """Validate a bucket size (a positive int) and return it, capped at ``MAX_BUCKET``.
+
+    Any bucket of at least ``2**32`` entries is one bucket per tensor, so the cap changes
+    no payload; it keeps the arithmetic in range (numpy's ``reshape(-1, bucket)`` fails
+    beyond ``2**61``, the compiled kernels' int64 arguments beyond ``2**63``).
+    """
     if not isinstance(bucket, (int, np.integer)) or isinstance(bucket, bool) or bucket < 1:
         raise ValueError(f"{who}: bucket must be a positive integer (entries per scale); got {bucket!r}")
-    return int(bucket)
+    return min(int(bucket), MAX_BUCKET)
 
 
 def check_scale_dtype(scale_dtype: str, who: str) -> str:

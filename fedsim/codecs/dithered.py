@@ -39,6 +39,8 @@ scales); for ``M = 3``, ``bucket = 512`` and ``n`` a multiple of 17*512: 2.824 +
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from fedsim.registry import CODECS
@@ -142,6 +144,23 @@ def encode(
 
     ``pad_to`` (>= n) sizes the symbol array for the packer; entries past ``n`` are 0.
     """
+    return keyed_symbols(
+        g, levels, 1.0, bucket, key, scale_dtype, pad_to,
+        compiled=lambda k, *a: k.dqsg_symbols(*a[:3], levels, bucket, *a[3:]),
+        reference=lambda x, inv, u: symbols(x, inv, levels, bucket, u))
+
+
+def keyed_symbols(
+    g: np.ndarray, levels: float, numerator: float, bucket: int, key: Key, scale_dtype: str, pad_to: int | None,
+    compiled: Callable[..., None], reference: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The encoders' common frame: steps ``||g||_inf / levels`` per bucket, then symbols.
+
+    ``compiled(jit, g, scale, fit, k0, k1, sym, a, b)`` runs a kernel on entries ``[a, b)``
+    (``fit``: the kernel computes the float32 steps itself, see :func:`kernel_steps`);
+    ``reference(g_chunk, numerator / s, u)`` is the numpy path, run chunk by chunk with the
+    dither of ``key``. Returns the symbols (padded with zeros to ``pad_to``) and the steps.
+    """
     g = np.ascontiguousarray(g, dtype=np.float32).reshape(-1)
     n = check_length(g.size)
     sym = np.empty(max(n, pad_to or 0), dtype=np.uint8)
@@ -149,13 +168,27 @@ def encode(
     k = kernels.jit()
     if k is not None:
         scale, fit = kernel_steps(g, levels, bucket, scale_dtype)
-        kernels.parallel(k.dqsg_symbols, n, bucket, g, scale, fit, levels, bucket, *_words(key), sym)
-        return sym, scale.astype(scale_dtype, copy=False)
+        kernels.parallel(lambda *a: compiled(k, *a), n, bucket, g, scale, fit, *_words(key), sym)
+        return sym, _canonical_nan(scale.astype(scale_dtype, copy=False))
     scale = steps(g, levels, bucket, scale_dtype)
-    inv = _reciprocal(scale)
+    factor = _reciprocal(scale, numerator)
     for a, b, ba, bb in buckets.chunks(n, bucket):
-        sym[a:b] = symbols(g[a:b], inv[ba:bb], levels, bucket, uniform(key, a, b - a))
-    return sym, scale
+        sym[a:b] = reference(g[a:b], factor[ba:bb], uniform(key, a, b - a))
+    return sym, _canonical_nan(scale)
+
+
+def _canonical_nan(scale: np.ndarray) -> np.ndarray:
+    """The steps with every NaN replaced by the one NaN ``np.nan`` (in place).
+
+    A bucket with a NaN has a NaN step (the server rejects it), but which NaN bit pattern
+    (sign, payload) depends on how the max was taken: numpy's max keeps the input's
+    (x86 arithmetic makes the negative 0xFFC00000), the compiled kernel clears the sign.
+    One pattern keeps the payload bytes of both paths equal.
+    """
+    nan = np.isnan(scale)
+    if nan.any():
+        scale[nan] = np.nan
+    return scale
 
 
 def kernel_steps(g: np.ndarray, levels: float, bucket: int, scale_dtype: str) -> tuple[np.ndarray, bool]:

@@ -12,13 +12,17 @@ at 8; :func:`set_threads` changes it. Tensors under ``MIN_PARALLEL`` entries run
 calling thread. ``FEDSIM_NO_JIT=1`` forces the numpy path.
 
 The first call of each kernel compiles it (about a second); numba caches the machine
-code beside the module (``__pycache__``), so later processes load it in milliseconds.
+code beside the module (``__pycache__``) or, where that is read-only, in the user's cache
+dir (``NUMBA_CACHE_DIR``, else ``~/.cache/numba``), so later processes only pay numba's
+import (about half a second). Where neither is writable, or numba fails to import, the
+numpy path runs (with a warning).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
@@ -43,9 +47,17 @@ def jit() -> ModuleType | None:
                 if os.environ.get("FEDSIM_NO_JIT", "") not in ("", "0"):
                     _jit = None
                 else:
+                    module: ModuleType | None
                     try:
                         from . import _jit as module
                     except ImportError:  # numba not installed: the numpy path
+                        module = None
+                    except Exception as err:  # noqa: BLE001 - numba present but unusable: the numpy path
+                        # e.g. numba's "cannot cache function ...: no locator available" when
+                        # neither the install dir nor the user's cache dir is writable; the
+                        # numpy path gives the same bytes, so fall back instead of failing
+                        warnings.warn(f"fedsim: compiled codec kernels unavailable ({err!r}); using numpy",
+                                      RuntimeWarning, stacklevel=2)
                         module = None
                     _jit = module
                 _jit_tried = True
@@ -93,13 +105,14 @@ def set_threads(n: int | None) -> None:
 
 
 def _executor(n: int) -> ThreadPoolExecutor:
+    # call with _lock held, and submit before releasing it: another thread's set_threads
+    # (or a call wanting another size) shuts the old pool down, which then refuses new work
     global _pool
-    with _lock:
-        if _pool is None or _pool._max_workers != n:  # noqa: SLF001 - size check only
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fedsim-codec")
-        return _pool
+    if _pool is None or _pool._max_workers != n:  # noqa: SLF001 - size check only
+        if _pool is not None:
+            _pool.shutdown(wait=False)  # work already submitted still runs
+        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fedsim-codec")
+    return _pool
 
 
 def ranges(total: int, align: int, parts: int) -> list[tuple[int, int]]:
@@ -120,4 +133,7 @@ def parallel(kernel: Callable[..., Any], total: int, align: int, *args: Any, siz
     parts = ranges(total, align, n)
     if len(parts) <= 1:
         return [kernel(*args, a, b) for a, b in parts]
-    return list(_executor(n).map(lambda ab: kernel(*args, ab[0], ab[1]), parts))
+    with _lock:
+        pool = _executor(n)
+        futures = [pool.submit(kernel, *args, a, b) for a, b in parts]
+    return [f.result() for f in futures]

@@ -59,10 +59,11 @@ from fedsim.registry import CODECS
 from . import buckets, kernels
 from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo
 from .dither import DITHER_STREAM, check_length, uniform
-from .dithered import Key, _reciprocal, _words, check_scales, kernel_steps, steps
+from .dithered import Key, _reciprocal, _words, check_scales, keyed_symbols, steps
 from .packing import pack, packed_nbytes, padded_length, unpack
 
 ESTIMATORS = ("mmse", "unbiased")
+MAX_M1 = 1 << 20  # |q1| <= alpha*M1 + 1 must be exact in float32
 
 
 class SideInformationRequired(RuntimeError):
@@ -227,20 +228,10 @@ def encode(
     pad_to: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """NDQSG encoder with the counter-based dither of ``key`` (:func:`nested_quantize`, ``u = uniform(key, 0, n)``)."""
-    g = np.ascontiguousarray(g, dtype=np.float32).reshape(-1)
-    n = check_length(g.size)
-    sym = np.empty(max(n, pad_to or 0), dtype=np.uint8)
-    sym[n:] = 0
-    k = kernels.jit()
-    if k is not None:
-        scale, fit = kernel_steps(g, m1, bucket, scale_dtype)
-        kernels.parallel(k.nested_symbols, n, bucket, g, scale, fit, m1, float(alpha), rho, bucket, *_words(key), sym)
-        return sym, scale.astype(scale_dtype, copy=False)
-    scale = steps(g, m1, bucket, scale_dtype)
-    gain = _reciprocal(scale, alpha)
-    for a, b, ba, bb in buckets.chunks(n, bucket):
-        sym[a:b] = coset_symbols(g[a:b], gain[ba:bb], rho, bucket, uniform(key, a, b - a))
-    return sym, scale
+    return keyed_symbols(
+        g, m1, alpha, bucket, key, scale_dtype, pad_to,
+        compiled=lambda k, *a: k.nested_symbols(*a[:3], m1, float(alpha), rho, bucket, *a[3:]),
+        reference=lambda x, gain, u: coset_symbols(x, gain, rho, bucket, u))
 
 
 def decode(
@@ -376,8 +367,9 @@ class Ndqsg(Codec):
         estimator: str = "mmse",
     ) -> None:
         for nm, v in (("m1", m1), ("m2", m2)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"ndqsg: {nm} must be a positive int; got {v!r}")
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 1 <= v <= MAX_M1:
+                raise ValueError(f"ndqsg: {nm} must be an int in 1..{MAX_M1} (the fine index is computed in "
+                                 f"float32, exact below 2**24); got {v!r}")
         rho = int(m1) // int(m2)
         if not 2 <= rho <= 256:
             raise ValueError(

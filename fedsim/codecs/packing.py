@@ -111,10 +111,11 @@ def _digits(base: int, k: int) -> np.ndarray:
     return np.stack([(v // base**i) % base for i in range(k)]).astype(np.uint8)
 
 
-def _acc_dtype(m: int) -> type[np.unsignedinteger]:
-    # the smallest unsigned type holding m bytes: b**k - 1 < 256**m fits
+def _acc_dtype(m: int, base: int) -> type[np.unsignedinteger]:
+    # the smallest unsigned type holding m bytes (b**k - 1 < 256**m fits) and the base itself
+    # (base 256, k = m = 1: a uint8 block, but the divisor 256 needs a uint16)
     for dt in (np.uint8, np.uint16, np.uint32, np.uint64):
-        if np.dtype(dt).itemsize >= m:
+        if np.dtype(dt).itemsize >= m and np.iinfo(dt).max >= base:
             return dt
     raise AssertionError(m)
 
@@ -148,7 +149,7 @@ def pack(symbols: np.ndarray, base: int, max_bytes: int = MAX_BLOCK_BYTES, n: in
         raise ValueError(f"pack: {sym.size} symbols for n={n}: expected n, or {nblocks * k} with zero padding")
     if sym.size and (int(sym.min()) < 0 or int(sym.max()) >= base):
         raise ValueError(f"symbols must lie in [0, {base}); got [{int(sym.min())}, {int(sym.max())}]")
-    acc_t = _acc_dtype(m)
+    acc_t = _acc_dtype(m, base)
     if n == 0:
         return np.zeros(0, dtype=np.uint8)
     sym = sym.astype(np.uint8, copy=False)  # in range: base <= 256
@@ -225,7 +226,7 @@ def unpack(
         if strict and bad:
             raise ValueError(f"{bad} packed block value(s) >= {base}**{k}: not a valid packing")
         return _check_padding(rows, n, strict)
-    acc_t = _acc_dtype(m)
+    acc_t = _acc_dtype(m, base)
     width = np.dtype(acc_t).itemsize
     if width == m:
         acc = data.view(np.dtype(acc_t).newbyteorder("<")).astype(acc_t)
