@@ -33,13 +33,13 @@ nested update is discarded and the model is kept for the round (their bytes were
 and are still counted). With no earlier aggregate either, the round is skipped.
 
 Why every client is kept by default: on FL updates (MNIST-5k CNN, 2 local epochs) a client's
-update differs from the mean of the others by 60-100 % of its own energy, so with
+update differs from the mean of the others by 60-110 % of its own energy, so with
 ``alpha = 1`` every nested client has failures (2-9 % of its coordinates, none decodes
 cleanly). Rejecting such a client throws away its ~95 % correct coordinates and keeps
 exactly the clients closest to the references: under label skew the aggregate drifts
 towards the references' classes, and loses accuracy (the benchmark in the note). A
 repaired failure only pulls one coordinate towards ``y``. A smaller ``alpha`` with the
-``unbiased`` estimator makes failures rare (``alpha = 0.4``: 0.1-1 % of the
+``unbiased`` estimator makes failures rare (``alpha = 0.4``: 0.2-1.7 % of the
 coordinates); the ``mmse`` estimator with ``alpha < 1`` decodes
 ``(1 - alpha^2)*y + alpha^2*g + noise``, which weighs the reference group's update into
 every nested client's (a warning says so). See ``docs/nested-dithering.md``.
