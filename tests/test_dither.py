@@ -24,10 +24,10 @@ def test_matches_the_definition_written_with_python_ints() -> None:
     key = (0xDEADBEEF, 12345)
     got = hash32(key, 2**32 - 2, 5)  # wraps: indices are taken mod 2**32
     for j, i in enumerate(range(2**32 - 2, 2**32 + 3)):
-        want = _lowbias32(_lowbias32((i & M32) ^ key[0]) ^ key[1])
+        want = _lowbias32(((i & M32) * (key[1] | 1) + key[0]) & M32)
         assert int(got[j]) == want
     u = uniform(key, 7, 1)[0]
-    assert u == np.float32((_lowbias32(_lowbias32(7 ^ key[0]) ^ key[1]) >> 8) * 2.0**-24 - 0.5)
+    assert u == np.float32((_lowbias32((7 * (key[1] | 1) + key[0]) & M32) >> 8) * 2.0**-24 - 0.5)
 
 
 def test_any_window_of_the_stream_is_the_same_numbers() -> None:
@@ -50,7 +50,7 @@ def test_range_grid_and_uniformity() -> None:
 def test_no_serial_correlation_and_keys_are_independent() -> None:
     n = 200_000
     a = uniform((1, 2), 0, n).astype(np.float64)
-    b = uniform((1, 3), 0, n).astype(np.float64)  # one bit of the second key word
+    b = uniform((1, 6), 0, n).astype(np.float64)  # one bit of the second key word (its bit 0 is unused)
     c = uniform((2, 2), 0, n).astype(np.float64)  # one bit of the first
     bound = 4.5 / np.sqrt(n)  # 4.5 standard errors of a correlation of independent samples
     for lag in (1, 2, 17, 512):
@@ -82,4 +82,20 @@ def test_the_port_check_values_of_docs_wire_format() -> None:
     key = CodecContext(0, 1, 0, 0).key("dither")
     assert key == (3703280604, 3110281894)
     np.testing.assert_array_equal(uniform(key, 0, 4),
-                                  np.array([-0.2367664, 0.22478974, 0.06779599, -0.22257382], dtype=np.float32))
+                                  np.array([0.20999289, -0.48428273, -0.43173832, -0.17794877], dtype=np.float32))
+
+
+def test_neighbouring_pairs_fill_the_unit_square_evenly() -> None:
+    u = uniform((0xA5A5, 0x1234567), 0, 400_000).astype(np.float64) + 0.5
+    for lag in (1, 2, 3):  # (u_i, u_{i+lag}) on a 16 x 16 grid: chi-square with 255 degrees of freedom
+        counts = np.histogram2d(u[:-lag], u[lag:], bins=16, range=[[0, 1], [0, 1]])[0].ravel()
+        assert stats.chisquare(counts).pvalue > 1e-4
+
+
+def test_many_clients_dithers_are_uncorrelated_coordinate_by_coordinate() -> None:
+    n, keys = 50_000, [CodecContext(7, 3, c, 0).key("dither") for c in range(20)]
+    u = np.stack([uniform(k, 0, n) for k in keys]).astype(np.float64)
+    corr = np.corrcoef(u)[np.triu_indices(len(keys), 1)]
+    assert np.abs(corr).max() < 5.0 / np.sqrt(n)  # 190 pairs: 5 standard errors
+    # the mean of 20 clients' dithers has the variance of independent ones: 1/(12*20)
+    assert u.mean(axis=0).var() == pytest.approx(1 / 240, rel=0.03)

@@ -36,9 +36,8 @@ def _lowbias32(x):  # pragma: no cover - compiled
 
 @nb.njit(inline="always")
 def _dither(i, k0, k1):  # pragma: no cover - compiled
-    # fedsim.codecs.dither.uniform: u = (h(h(i ^ k0) ^ k1) >> 8) * 2**-24 - 1/2
-    x = _lowbias32(U(U(i) ^ k0))
-    x = _lowbias32(U(x ^ k1))
+    # fedsim.codecs.dither.uniform: u = (h(i*(k1 | 1) + k0) >> 8) * 2**-24 - 1/2
+    x = _lowbias32(U(U(U(i) * (k1 | U(1))) + k0))
     return F(I(x >> U(8))) * F(2.0**-24) - F(0.5)
 
 
@@ -153,13 +152,16 @@ def nested_values(sym, gain, fac, y, rho, bound, coef, constrain, bucket, k0, k1
     rinv = F(1.0 / rho)
     bf = F(bound)
     fails = 0
-    ubuf = np.empty(min(bucket, max(b - a, 0)), dtype=np.float32)  # this bucket's dither, in L1
+    m = min(bucket, max(b - a, 0))
+    ubuf = np.empty(m, dtype=np.float32)  # this bucket's dither and fine indices, in L1: out is written once
+    qbuf = np.empty(m, dtype=np.float32)
     for lo in range(a, b, bucket):
         hi = min(lo + bucket, b)
         sy = sym[lo:hi]
         yy = y[lo:hi]
         o = out[lo:hi]
         ub = ubuf[:hi - lo]
+        qb = qbuf[:hi - lo]
         c = gain[lo // bucket]
         f = fac[lo // bucket]
         bucket_fails = 0
@@ -172,22 +174,22 @@ def nested_values(sym, gain, fac, y, rho, bound, coef, constrain, bucket, k0, k1
             w = w - q
             w = np.rint(w * rinv) * r + q  # q1_hat
             bucket_fails += I((w > bf) | (w < -bf))
-            o[i] = w
+            qb[i] = w
         if bucket_fails and constrain:  # numpy's order: the upper bound first, then the lower on the result
             for i in range(o.size):
-                w = o[i]
+                w = qb[i]
                 if w > bf:
                     w = w - r * np.ceil((w - bf) / r)
                 if w < -bf:
                     w = w + r * np.ceil((-bf - w) / r)
-                o[i] = w
+                qb[i] = w
         fails += bucket_fails
         if coef != F(0.0):
             for i in range(o.size):
-                o[i] = (o[i] - ub[i]) * f + coef * yy[i]
+                o[i] = (qb[i] - ub[i]) * f + coef * yy[i]
         else:
             for i in range(o.size):
-                o[i] = (o[i] - ub[i]) * f
+                o[i] = (qb[i] - ub[i]) * f
     return fails
 
 
@@ -241,25 +243,34 @@ def unpack_blocks(data, sym, nblocks, k, m, base, ksplit, limit, j0, j1):  # pra
     inv_b = 1.0 / F64(base)
     split = I64(base) ** I64(ksplit)
     inv_split = 1.0 / F64(split)
+    values = np.empty(run, dtype=np.int64)
     bad = 0
     for c0 in range(j0, j1, run):
         w = min(c0 + run, j1) - c0
         lo = lo_acc[:w]
         hi = hi_acc[:w]
+        v = values[:w]
         d = data[c0 * m:(c0 + w) * m]
-        for t in range(w):
-            v = I64(0)
-            for z in range(m):
-                v |= I64(d[t * m + z]) << I64(8 * z)
-            bad += 1 if v >= limit else 0
-            h = I64((F64(v) + 0.5) * inv_split)
-            r = v - h * split
-            if r < 0:
-                h -= 1
-                r += split
-            elif r >= split:
-                h += 1
-                r -= split
+        if m == 6:  # base 7 (dqsg's default M = 3): the byte loop unrolled, 25% faster
+            for t in range(w):
+                o = t * 6
+                v[t] = (I64(d[o]) | (I64(d[o + 1]) << 8) | (I64(d[o + 2]) << 16) | (I64(d[o + 3]) << 24)
+                        | (I64(d[o + 4]) << 32) | (I64(d[o + 5]) << 40))
+        else:
+            for t in range(w):
+                x = I64(0)
+                for z in range(m):
+                    x |= I64(d[t * m + z]) << I64(8 * z)
+                v[t] = x
+        for t in range(w):  # v = hi * split + lo, branch-free so that it vectorizes
+            x = v[t]
+            bad += 1 if x >= limit else 0
+            h = I64((F64(x) + 0.5) * inv_split)
+            r = x - h * split
+            h = h - 1 if r < 0 else h
+            r = r + split if r < 0 else r
+            h = h + 1 if r >= split else h
+            r = r - split if r >= split else r
             hi[t] = U(h)
             lo[t] = U(r)
         for i in range(ksplit):

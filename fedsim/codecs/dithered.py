@@ -138,21 +138,24 @@ def dequantize(sym: np.ndarray, scale: np.ndarray, levels: int, bucket: int, u: 
 
 
 def encode(
-    g: np.ndarray, levels: int, bucket: int, key: Key, scale_dtype: str = "float32", pad_to: int | None = None
+    g: np.ndarray, levels: int, bucket: int, key: Key, scale_dtype: str = "float32", pad_to: int | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """DQSG encoder with the counter-based dither of ``key``: :func:`quantize` with ``u = uniform(key, 0, n)``.
 
     ``pad_to`` (>= n) sizes the symbol array for the packer; entries past ``n`` are 0.
+    ``out``: a uint8 buffer to write the symbols into (see :func:`symbol_buffer`).
     """
     return keyed_symbols(
-        g, levels, 1.0, bucket, key, scale_dtype, pad_to,
+        g, levels, 1.0, bucket, key, scale_dtype, pad_to, out,
         compiled=lambda k, *a: k.dqsg_symbols(*a[:3], levels, bucket, *a[3:]),
         reference=lambda x, inv, u: symbols(x, inv, levels, bucket, u))
 
 
 def keyed_symbols(
     g: np.ndarray, levels: float, numerator: float, bucket: int, key: Key, scale_dtype: str, pad_to: int | None,
-    compiled: Callable[..., None], reference: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    out: np.ndarray | None, compiled: Callable[..., None],
+    reference: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """The encoders' common frame: steps ``||g||_inf / levels`` per bucket, then symbols.
 
@@ -163,7 +166,7 @@ def keyed_symbols(
     """
     g = np.ascontiguousarray(g, dtype=np.float32).reshape(-1)
     n = check_length(g.size)
-    sym = np.empty(max(n, pad_to or 0), dtype=np.uint8)
+    sym = symbol_buffer(max(n, pad_to or 0), out)
     sym[n:] = 0
     k = kernels.jit()
     if k is not None:
@@ -189,6 +192,20 @@ def _canonical_nan(scale: np.ndarray) -> np.ndarray:
     if nan.any():
         scale[nan] = np.nan
     return scale
+
+
+def symbol_buffer(size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``size`` uint8 entries: a view of ``out`` (checked), or a new array.
+
+    The codecs pass :func:`fedsim.codecs.kernels.scratch`: the symbols only live between
+    quantizer and packer (or unpacker and decoder), and a fresh tensor-sized array costs
+    more in page faults than the packing.
+    """
+    if out is None:
+        return np.empty(size, dtype=np.uint8)
+    if out.dtype != np.uint8 or out.ndim != 1 or out.size < size or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a contiguous 1-D uint8 array of >= {size} entries")
+    return out[:size]
 
 
 def kernel_steps(g: np.ndarray, levels: float, bucket: int, scale_dtype: str) -> tuple[np.ndarray, bool]:
@@ -252,12 +269,13 @@ class Dqsg(Codec):
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         g = np.asarray(x, dtype=np.float32).reshape(-1)
-        sym, scale = encode(g, self.levels, self.bucket, ctx.key(DITHER_STREAM), self.scale_dtype,
-                            pad_to=padded_length(g.size, self.base))
-        return {"sym": pack(sym, self.base, n=g.size), "scale": scale}, state
+        size = padded_length(g.size, self.base)
+        sym, scale = encode(g, self.levels, self.bucket, ctx.key(DITHER_STREAM), self.scale_dtype, size,
+                            kernels.scratch(size))
+        return {"sym": pack(sym, self.base, n=g.size, check=False), "scale": scale}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
-        sym = unpack(payload["sym"], info.numel, self.base)
+        sym = unpack(payload["sym"], info.numel, self.base, out=kernels.scratch(padded_length(info.numel, self.base)))
         return decode(sym, payload["scale"], self.levels, self.bucket, ctx.key(DITHER_STREAM)).reshape(info.shape)
 
     def fields(self, info: TensorInfo) -> dict[str, Field]:
@@ -269,8 +287,8 @@ class Dqsg(Codec):
 
     def check(self, payload: Payload, info: TensorInfo) -> None:
         check_scales(payload["scale"], f"{info.name}.scale")
-        try:
-            unpack(payload["sym"], info.numel, self.base)  # strict: every block < base**k
+        try:  # strict: every block < base**k
+            unpack(payload["sym"], info.numel, self.base, out=kernels.scratch(padded_length(info.numel, self.base)))
         except ValueError as err:
             raise PayloadError(f"{info.name}.sym: {err}") from err
 

@@ -225,11 +225,11 @@ def constrain_fine_index(q1_hat: np.ndarray, rho: int, bound: int) -> np.ndarray
 
 def encode(
     g: np.ndarray, m1: int, rho: int, alpha: float, bucket: int, key: Key, scale_dtype: str = "float32",
-    pad_to: int | None = None,
+    pad_to: int | None = None, out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """NDQSG encoder with the counter-based dither of ``key`` (:func:`nested_quantize`, ``u = uniform(key, 0, n)``)."""
     return keyed_symbols(
-        g, m1, alpha, bucket, key, scale_dtype, pad_to,
+        g, m1, alpha, bucket, key, scale_dtype, pad_to, out,
         compiled=lambda k, *a: k.nested_symbols(*a[:3], m1, float(alpha), rho, bucket, *a[3:]),
         reference=lambda x, gain, u: coset_symbols(x, gain, rho, bucket, u))
 
@@ -391,9 +391,10 @@ class Ndqsg(Codec):
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         g = np.asarray(x, dtype=np.float32).reshape(-1)
+        size = padded_length(g.size, self.rho)
         sym, scale = encode(g, self.m1, self.rho, self.alpha, self.bucket, ctx.key(DITHER_STREAM), self.scale_dtype,
-                            pad_to=padded_length(g.size, self.rho))
-        return {"sym": pack(sym, self.rho, n=g.size), "scale": scale}, state
+                            size, kernels.scratch(size))
+        return {"sym": pack(sym, self.rho, n=g.size, check=False), "scale": scale}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
         raise SideInformationRequired(
@@ -423,7 +424,7 @@ class Ndqsg(Codec):
         y = np.asarray(y, dtype=np.float32)
         if y.size != info.numel:
             raise ValueError(f"side information for {info.name!r} has {y.size} entries, expected {info.numel}")
-        sym = unpack(payload["sym"], info.numel, self.rho)
+        sym = unpack(payload["sym"], info.numel, self.rho, out=kernels.scratch(padded_length(info.numel, self.rho)))
         out, fails = decode(sym, payload["scale"], y, self.m1, self.rho, self.alpha, self.bucket,
                             ctx.key(DITHER_STREAM), self.estimator, constrain)
         if stats is not None:
@@ -441,7 +442,7 @@ class Ndqsg(Codec):
     def check(self, payload: Payload, info: TensorInfo) -> None:
         check_scales(payload["scale"], f"{info.name}.scale")
         try:
-            unpack(payload["sym"], info.numel, self.rho)
+            unpack(payload["sym"], info.numel, self.rho, out=kernels.scratch(padded_length(info.numel, self.rho)))
         except ValueError as err:
             raise PayloadError(f"{info.name}.sym: {err}") from err
 

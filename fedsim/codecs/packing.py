@@ -120,7 +120,9 @@ def _acc_dtype(m: int, base: int) -> type[np.unsignedinteger]:
     raise AssertionError(m)
 
 
-def pack(symbols: np.ndarray, base: int, max_bytes: int = MAX_BLOCK_BYTES, n: int | None = None) -> np.ndarray:
+def pack(
+    symbols: np.ndarray, base: int, max_bytes: int = MAX_BLOCK_BYTES, n: int | None = None, check: bool = True
+) -> np.ndarray:
     """Pack a 1-D array of symbols in ``[0, base)`` into a uint8 array.
 
     Parameters
@@ -134,6 +136,9 @@ def pack(symbols: np.ndarray, base: int, max_bytes: int = MAX_BLOCK_BYTES, n: in
     n : int, optional
         The number of symbols when ``symbols`` is already padded to
         :func:`padded_length` with zeros (an encoder's output: no copy is made).
+    check : bool
+        Verify that every symbol is in range and the padding is zero (two passes over the
+        symbols). An encoder whose symbols are in range by construction passes False.
 
     Returns
     -------
@@ -145,9 +150,9 @@ def pack(symbols: np.ndarray, base: int, max_bytes: int = MAX_BLOCK_BYTES, n: in
     n = sym.size if n is None else int(n)
     k, m = best_block(base, max_bytes)
     nblocks = -(-n // k)
-    if sym.size not in (n, nblocks * k) or (sym.size > n and sym[n:].any()):
+    if sym.size not in (n, nblocks * k) or (check and sym.size > n and sym[n:].any()):
         raise ValueError(f"pack: {sym.size} symbols for n={n}: expected n, or {nblocks * k} with zero padding")
-    if sym.size and (int(sym.min()) < 0 or int(sym.max()) >= base):
+    if check and sym.size and (int(sym.min()) < 0 or int(sym.max()) >= base):
         raise ValueError(f"symbols must lie in [0, {base}); got [{int(sym.min())}, {int(sym.max())}]")
     acc_t = _acc_dtype(m, base)
     if n == 0:
@@ -177,7 +182,8 @@ def pack(symbols: np.ndarray, base: int, max_bytes: int = MAX_BLOCK_BYTES, n: in
 
 
 def unpack(
-    data: np.ndarray, n: int, base: int, max_bytes: int = MAX_BLOCK_BYTES, strict: bool = True
+    data: np.ndarray, n: int, base: int, max_bytes: int = MAX_BLOCK_BYTES, strict: bool = True,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Inverse of :func:`pack`: ``n`` symbols (uint8) from packed bytes.
 
@@ -194,6 +200,9 @@ def unpack(
     strict : bool
         Reject (``ValueError``) a block value ``>= base**k`` or non-zero padding
         symbols: such bytes cannot come from :func:`pack`.
+    out : ndarray of uint8, optional
+        A buffer of at least :func:`padded_length` entries to unpack into (no allocation);
+        the result is then a view of it.
 
     Returns
     -------
@@ -215,12 +224,12 @@ def unpack(
     if jit is not None and m == 1:  # a table of the digits of every byte
         if strict and int(data.max()) >= base**k:
             raise ValueError(f"packed block value {int(data.max())} >= {base}**{k}: not a valid packing")
-        rows = np.empty(nblocks * k, dtype=np.uint8)
+        rows = _rows(out, nblocks * k)
         kernels.parallel(jit.unpack_bytes, nblocks, 1, np.ascontiguousarray(data), rows, nblocks, _digits(base, k),
                          size=n)
         return _check_padding(rows, n, strict)
     if jit is not None and ksplit is not None:
-        rows = np.empty(nblocks * k, dtype=np.uint8)
+        rows = _rows(out, nblocks * k)
         bad = sum(kernels.parallel(jit.unpack_blocks, nblocks, 1, np.ascontiguousarray(data), rows, nblocks, k, m,
                                    base, ksplit, base**k, size=n))
         if strict and bad:
@@ -236,7 +245,7 @@ def unpack(
         acc = wide.view(np.dtype(acc_t).newbyteorder("<")).reshape(-1).astype(acc_t)
     if strict and int(acc.max()) >= base**k:
         raise ValueError(f"packed block value {int(acc.max())} >= {base}**{k}: not a valid packing")
-    rows = np.empty((k, nblocks), dtype=np.uint8)
+    rows = _rows(out, nblocks * k).reshape(k, nblocks)
     bb = acc_t(base)
     for i in range(k):  # digit i = v mod b, then v //= b (SIMD division by a scalar)
         q = acc // bb
@@ -244,6 +253,14 @@ def unpack(
         rows[i] = acc
         acc = q
     return _check_padding(rows.reshape(-1), n, strict)
+
+
+def _rows(out: np.ndarray | None, size: int) -> np.ndarray:
+    if out is None:
+        return np.empty(size, dtype=np.uint8)
+    if out.dtype != np.uint8 or out.ndim != 1 or out.size < size or not out.flags.c_contiguous:
+        raise ValueError(f"unpack: out must be a contiguous 1-D uint8 array of >= {size} entries")
+    return out[:size]
 
 
 def _check_padding(out: np.ndarray, n: int, strict: bool) -> np.ndarray:

@@ -27,6 +27,7 @@ from fedsim.registry import CODECS
 from . import buckets, kernels
 from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo
 from .dither import check_length, uniform01
+from .dithered import symbol_buffer
 from .packing import pack, packed_nbytes, padded_length, unpack
 
 QSGD_STREAM = "qsgd"
@@ -91,13 +92,13 @@ def qsgd_dequantize(sym: np.ndarray, norm: np.ndarray, levels: int, bucket: int)
 
 
 def encode(v: np.ndarray, levels: int, bucket: int, key: tuple[int, int], norm_dtype: str = "float32",
-           pad_to: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+           pad_to: int | None = None, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """QSGD encoder with ``r`` = the counter-based stream of ``key`` on ``[0, 1)`` (:func:`qsgd_quantize`)."""
     v = np.ascontiguousarray(v, dtype=np.float32).reshape(-1)
     n = check_length(v.size)
     norm = norms(v, bucket, norm_dtype)
     gain = _gain(norm, levels)
-    sym = np.empty(max(n, pad_to or 0), dtype=np.uint8)
+    sym = symbol_buffer(max(n, pad_to or 0), out)
     sym[n:] = 0
     k = kernels.jit()
     if k is not None:
@@ -146,12 +147,13 @@ class Qsgd(Codec):
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         v = np.asarray(x, dtype=np.float32).reshape(-1)
-        sym, norm = encode(v, self.levels, self.bucket, ctx.key(QSGD_STREAM), self.scale_dtype,
-                           pad_to=padded_length(v.size, self.base))
-        return {"sym": pack(sym, self.base, n=v.size), "norm": norm}, state
+        size = padded_length(v.size, self.base)
+        sym, norm = encode(v, self.levels, self.bucket, ctx.key(QSGD_STREAM), self.scale_dtype, size,
+                           kernels.scratch(size))
+        return {"sym": pack(sym, self.base, n=v.size, check=False), "norm": norm}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
-        sym = unpack(payload["sym"], info.numel, self.base)
+        sym = unpack(payload["sym"], info.numel, self.base, out=kernels.scratch(padded_length(info.numel, self.base)))
         return decode(sym, payload["norm"], self.levels, self.bucket).reshape(info.shape)
 
     def fields(self, info: TensorInfo) -> dict[str, Field]:
@@ -166,7 +168,7 @@ class Qsgd(Codec):
         if norm.size and (norm < 0).any():
             raise PayloadError(f"{info.name}.norm: bucket norms must be >= 0; got min {float(norm.min())}")
         try:
-            unpack(payload["sym"], info.numel, self.base)
+            unpack(payload["sym"], info.numel, self.base, out=kernels.scratch(padded_length(info.numel, self.base)))
         except ValueError as err:
             raise PayloadError(f"{info.name}.sym: {err}") from err
 
