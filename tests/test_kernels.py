@@ -284,3 +284,29 @@ def test_a_huge_bucket_is_one_bucket_per_tensor_on_both_paths() -> None:
         ref, fast = both(lambda: codec.encode(g, {}, ctx)[0])
         assert_same(ref, fast)
         assert_same(fast, Dqsg(bucket=5000).encode(g, {}, ctx)[0])
+
+
+@pytest.mark.parametrize("m1", [3, 4])  # rho 3 and 4: one-byte blocks, read straight from the bytes when compiled
+def test_nested_decode_rejects_bad_packed_bytes_on_both_paths(m1: int) -> None:
+    codec, n = Ndqsg(m1=m1, m2=1), 1003  # 1003 = not a multiple of k: padding symbols exist
+    info, ctx = TensorInfo("w", (n,)), CodecContext(0, 1, 2, 0)
+    g = _update(n, 5)
+    payload, _ = codec.encode(g, {}, ctx)
+    k = best_block(codec.rho)[0]
+    bad_value = dict(payload, sym=payload["sym"].copy())
+    bad_value["sym"][7] = 255  # >= rho**k
+    padded = -(-n // k) * k
+    sym = np.zeros(padded, dtype=np.uint8)
+    sym[padded - 1] = 1  # a non-zero padding symbol
+    bad_padding = dict(payload, sym=pack(sym, codec.rho))
+    for enabled in (False, True):
+        kernels.use_jit(enabled)
+        try:
+            cases = [(bad_padding, "padding")] + ([(bad_value, "not a valid packing")] if codec.rho**k < 256 else [])
+            for bad, match in cases:  # base 4: every byte is a valid block
+                with pytest.raises(ValueError, match=match):
+                    codec.decode_with_side_info(bad, info, ctx, g)
+            assert np.array_equal(codec.decode_with_side_info(payload, info, ctx, g),
+                                  Dqsg(levels=m1).decode(Dqsg(levels=m1).encode(g, {}, ctx)[0], info, ctx))
+        finally:
+            kernels.use_jit(True)

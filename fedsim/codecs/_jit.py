@@ -138,8 +138,12 @@ def nested_symbols(g, scale, fit, m1, alpha, rho, bucket, k0, k1, sym, a, b):  #
 
 
 @nb.njit(nogil=True, cache=True)
-def nested_values(sym, gain, fac, y, rho, bound, coef, constrain, bucket, k0, k1, out, a, b):  # pragma: no cover
+def nested_values(sym, table, nblocks, gain, fac, y, rho, bound, coef, constrain, bucket, k0, k1, out, a, b):  # noqa: E501 # pragma: no cover
     """NDQSG decode with side information ``y``; returns the detectable failures in ``[a, b)``.
+
+    The symbols are ``sym[i]``, or with a digit ``table`` (one-byte blocks, e.g. base 3)
+    ``sym`` holds the *packed* bytes and symbol ``i`` is ``table[i // nblocks, sym[i % nblocks]]``
+    (fedsim.codecs.packing.byte_digits): no unpacked copy of the symbols is made.
 
     Per entry (fedsim.codecs.nested.nested_fine_index, constrain_fine_index and
     dequantize_fine_index, in their order of float operations)::
@@ -155,9 +159,24 @@ def nested_values(sym, gain, fac, y, rho, bound, coef, constrain, bucket, k0, k1
     m = min(bucket, max(b - a, 0))
     ubuf = np.empty(m, dtype=np.float32)  # this bucket's dither and fine indices, in L1: out is written once
     qbuf = np.empty(m, dtype=np.float32)
+    sbuf = np.empty(m, dtype=np.uint8)
+    lut = table.shape[0] > 0
     for lo in range(a, b, bucket):
         hi = min(lo + bucket, b)
-        sy = sym[lo:hi]
+        if lut:  # this bucket's symbols from the packed bytes, row by row of the planar layout
+            p = lo
+            while p < hi:
+                row = p // nblocks
+                e = min(hi, (row + 1) * nblocks)
+                d = sym[p - row * nblocks:e - row * nblocks]
+                t = table[row]
+                sb = sbuf[p - lo:e - lo]
+                for x in range(d.size):
+                    sb[x] = t[d[x]]
+                p = e
+            sy = sbuf[:hi - lo]
+        else:
+            sy = sym[lo:hi]
         yy = y[lo:hi]
         o = out[lo:hi]
         ub = ubuf[:hi - lo]

@@ -60,7 +60,7 @@ from . import buckets, kernels
 from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo
 from .dither import DITHER_STREAM, check_length, uniform
 from .dithered import Key, _reciprocal, _words, check_scales, keyed_symbols, steps
-from .packing import pack, packed_nbytes, padded_length, unpack
+from .packing import byte_digits, check_byte_packed, pack, packed_nbytes, padded_length, unpack
 
 ESTIMATORS = ("mmse", "unbiased")
 MAX_M1 = 1 << 20  # |q1| <= alpha*M1 + 1 must be exact in float32
@@ -236,7 +236,7 @@ def encode(
 
 def decode(
     sym: np.ndarray, scale: np.ndarray, y: np.ndarray, m1: int, rho: int, alpha: float, bucket: int, key: Key,
-    estimator: str = "mmse", constrain: bool = False,
+    estimator: str = "mmse", constrain: bool = False, packed: bool = False,
 ) -> tuple[np.ndarray, int]:
     """NDQSG decoder with side information ``y`` and the dither of ``key``.
 
@@ -244,10 +244,14 @@ def decode(
     (:func:`detectable_failures`, counted before ``constrain`` repairs them). The same
     values as :func:`nested_fine_index`, :func:`constrain_fine_index` and
     :func:`dequantize_fine_index` with ``u = uniform(key, 0, n)``.
+
+    ``packed``: ``sym`` is the validated *packed* bytes of a one-byte-block base (rho 2, 3
+    or 4; :func:`fedsim.codecs.packing.byte_digits`), read without unpacking; compiled
+    path only (:func:`reads_packed`).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
-    n = check_length(sym.size)
+    n = check_length(y.size if packed else sym.size)
     y = np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
     s = np.ascontiguousarray(scale, dtype=np.float32)
     bound = math.ceil(alpha * m1)
@@ -258,9 +262,12 @@ def decode(
             gain = np.float32(alpha) / s
         fac = s / np.float32(alpha) if estimator == "unbiased" else np.float32(alpha) * s
         coef = np.float32(1.0 - alpha * alpha) if estimator == "mmse" and alpha != 1.0 else np.float32(0.0)
-        fails = kernels.parallel(k.nested_values, n, bucket, sym, gain, fac, y, rho, bound, coef, constrain,
-                                 bucket, *_words(key), out)
+        table, nblocks = (byte_digits(rho), sym.size) if packed else (_NO_TABLE, 0)
+        fails = kernels.parallel(k.nested_values, n, bucket, sym, table, nblocks, gain, fac, y, rho, bound, coef,
+                                 constrain, bucket, *_words(key), out)
         return out, int(sum(fails))
+    if packed:
+        raise ValueError("nested.decode(packed=True) needs the compiled kernels (see reads_packed)")
     total = 0
     for a, b, ba, bb in buckets.chunks(n, bucket):
         u = uniform(key, a, b - a)
@@ -270,6 +277,14 @@ def decode(
             constrain_fine_index(q1_hat, rho, bound)
         out[a:b] = dequantize_fine_index(q1_hat, s[ba:bb], u, y[a:b], alpha, bucket, estimator)
     return out, total
+
+
+_NO_TABLE = np.zeros((0, 256), dtype=np.uint8)
+
+
+def reads_packed(rho: int) -> bool:
+    """Whether :func:`decode` can read base-``rho`` symbols straight from the packed bytes."""
+    return kernels.available() and byte_digits(rho) is not None
 
 
 def decoding_failures(
@@ -424,9 +439,14 @@ class Ndqsg(Codec):
         y = np.asarray(y, dtype=np.float32)
         if y.size != info.numel:
             raise ValueError(f"side information for {info.name!r} has {y.size} entries, expected {info.numel}")
-        sym = unpack(payload["sym"], info.numel, self.rho, out=kernels.scratch(padded_length(info.numel, self.rho)))
+        if reads_packed(self.rho):  # one-byte blocks: the kernel reads the symbols from the bytes
+            check_byte_packed(payload["sym"], info.numel, self.rho)
+            sym, packed = payload["sym"], True
+        else:
+            sym = unpack(payload["sym"], info.numel, self.rho, out=kernels.scratch(padded_length(info.numel, self.rho)))
+            packed = False
         out, fails = decode(sym, payload["scale"], y, self.m1, self.rho, self.alpha, self.bucket,
-                            ctx.key(DITHER_STREAM), self.estimator, constrain)
+                            ctx.key(DITHER_STREAM), self.estimator, constrain, packed)
         if stats is not None:
             stats["detectable_failures"] = stats.get("detectable_failures", 0) + fails
             stats["coordinates"] = stats.get("coordinates", 0) + info.numel

@@ -255,6 +255,36 @@ def unpack(
     return _check_padding(rows.reshape(-1), n, strict)
 
 
+def byte_digits(base: int, max_bytes: int = MAX_BLOCK_BYTES) -> np.ndarray | None:
+    """The ``(k, 256)`` digit table when ``base`` packs into one-byte blocks (else None).
+
+    Symbol ``i*nblocks + j`` of a packing is then ``table[i, data[j]]``: a decoder can read
+    the symbols straight from the bytes without unpacking them first.
+    """
+    k, m = best_block(base, max_bytes)
+    return _digits(base, k) if m == 1 else None
+
+
+def check_byte_packed(data: np.ndarray, n: int, base: int) -> None:
+    """:func:`unpack`'s strict checks for one-byte blocks, without unpacking (ValueError).
+
+    Length and dtype, every byte ``< base**k``, and zero padding symbols (fewer than ``k``,
+    at indices ``n .. k*nblocks - 1``).
+    """
+    k, m = best_block(base)
+    if m != 1:
+        raise ValueError(f"base {base} packs into {m}-byte blocks; check_byte_packed needs 1")
+    nblocks = -(-int(n) // k)
+    if data.dtype != np.uint8 or data.ndim != 1 or data.size != nblocks:
+        raise ValueError(f"expected {nblocks} packed bytes (uint8, 1-D) for {n} base-{base} symbols; "
+                         f"got dtype {data.dtype}, shape {data.shape}")
+    if nblocks and int(data.max()) >= base**k:
+        raise ValueError(f"packed block value {int(data.max())} >= {base}**{k}: not a valid packing")
+    pad = np.arange(n, nblocks * k)
+    if pad.size and _digits(base, k)[pad // nblocks, data[pad % nblocks]].any():
+        raise ValueError("non-zero padding symbols after the last symbol: not a valid packing")
+
+
 def _rows(out: np.ndarray | None, size: int) -> np.ndarray:
     if out is None:
         return np.empty(size, dtype=np.uint8)
