@@ -46,9 +46,9 @@ import numpy as np
 from fedsim.registry import CODECS
 
 from . import buckets, kernels
-from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo
+from .base import CodecContext, Payload, State, TensorInfo
 from .dither import DITHER_STREAM, check_length, uniform
-from .packing import pack, packed_nbytes, padded_length, unpack
+from .symbols import BucketSymbolCodec
 
 _TINY = float(np.finfo(np.float32).tiny)
 Key = tuple[int, int]
@@ -237,14 +237,8 @@ def _words(key: Key) -> tuple[np.uint32, np.uint32]:
     return np.uint32(key[0] & 0xFFFFFFFF), np.uint32(key[1] & 0xFFFFFFFF)
 
 
-def check_scales(scale: np.ndarray, where: str) -> None:
-    """Steps must be finite (checked by validate_payload) and strictly positive."""
-    if scale.size and not (scale > 0).all():
-        raise PayloadError(f"{where}: bucket scales must be > 0; got min {float(scale.min())}")
-
-
 @CODECS.register("dqsg")
-class Dqsg(Codec):
+class Dqsg(BucketSymbolCodec):
     """Dithered quantized update (DQSG): ``2M + 1`` symbols a coordinate, packed.
 
     Parameters
@@ -269,30 +263,10 @@ class Dqsg(Codec):
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         g = np.asarray(x, dtype=np.float32).reshape(-1)
-        size = padded_length(g.size, self.base)
-        sym, scale = encode(g, self.levels, self.bucket, ctx.key(DITHER_STREAM), self.scale_dtype, size,
-                            kernels.scratch(size))
-        return {"sym": pack(sym, self.base, n=g.size, check=False), "scale": scale}, state
+        buf = self.symbol_scratch(g.size)
+        sym, scale = encode(g, self.levels, self.bucket, ctx.key(DITHER_STREAM), self.scale_dtype, buf.size, buf)
+        return {"sym": self.pack_symbols(sym, g.size), "scale": scale}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
-        sym = unpack(payload["sym"], info.numel, self.base, out=kernels.scratch(padded_length(info.numel, self.base)))
+        sym = self.unpack_symbols(payload, info)
         return decode(sym, payload["scale"], self.levels, self.bucket, ctx.key(DITHER_STREAM)).reshape(info.shape)
-
-    def fields(self, info: TensorInfo) -> dict[str, Field]:
-        n = info.numel
-        return {
-            "sym": Field("uint8", (packed_nbytes(n, self.base),)),
-            "scale": Field(self.scale_dtype, (buckets.n_buckets(n, self.bucket),)),
-        }
-
-    def check(self, payload: Payload, info: TensorInfo) -> None:
-        check_scales(payload["scale"], f"{info.name}.scale")
-        try:  # strict: every block < base**k
-            unpack(payload["sym"], info.numel, self.base, out=kernels.scratch(padded_length(info.numel, self.base)))
-        except ValueError as err:
-            raise PayloadError(f"{info.name}.sym: {err}") from err
-
-    def bits_per_coordinate(self, n: int) -> float:
-        """Bits sent per coordinate for a tensor of ``n`` entries (symbols + scales)."""
-        nbytes = packed_nbytes(n, self.base) + buckets.n_buckets(n, self.bucket) * np.dtype(self.scale_dtype).itemsize
-        return 8.0 * nbytes / n

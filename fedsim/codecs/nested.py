@@ -57,10 +57,11 @@ import numpy as np
 from fedsim.registry import CODECS
 
 from . import buckets, kernels
-from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo
+from .base import CodecContext, Payload, State, TensorInfo
 from .dither import DITHER_STREAM, check_length, uniform
-from .dithered import Key, _reciprocal, _words, check_scales, keyed_symbols, steps
-from .packing import byte_digits, check_byte_packed, pack, packed_nbytes, padded_length, unpack
+from .dithered import Key, _reciprocal, _words, keyed_symbols, steps
+from .packing import byte_digits, check_byte_packed
+from .symbols import BucketSymbolCodec
 
 ESTIMATORS = ("mmse", "unbiased")
 MAX_M1 = 1 << 20  # |q1| <= alpha*M1 + 1 must be exact in float32
@@ -345,7 +346,7 @@ def detectable_failures(q1_hat: np.ndarray, m1: int, alpha: float) -> int:
 
 
 @CODECS.register("ndqsg")
-class Ndqsg(Codec):
+class Ndqsg(BucketSymbolCodec):
     """Nested dithered quantized update (NDQSG): ``rho = M1 // M2`` symbols, packed.
 
     Plain :meth:`decode` raises :class:`SideInformationRequired`: the symbols alone do not
@@ -399,6 +400,7 @@ class Ndqsg(Codec):
         if estimator not in ESTIMATORS:
             raise ValueError(f"ndqsg: estimator must be one of {ESTIMATORS}; got {estimator!r}")
         self.m1, self.m2, self.rho = int(m1), int(m2), rho
+        self.base = rho  # the packer's alphabet: the coset index
         self.alpha = float(alpha)
         self.bucket = buckets.check_bucket(bucket, "ndqsg")
         self.scale_dtype = buckets.check_scale_dtype(scale_dtype, "ndqsg")
@@ -406,10 +408,10 @@ class Ndqsg(Codec):
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         g = np.asarray(x, dtype=np.float32).reshape(-1)
-        size = padded_length(g.size, self.rho)
+        buf = self.symbol_scratch(g.size)
         sym, scale = encode(g, self.m1, self.rho, self.alpha, self.bucket, ctx.key(DITHER_STREAM), self.scale_dtype,
-                            size, kernels.scratch(size))
-        return {"sym": pack(sym, self.rho, n=g.size, check=False), "scale": scale}, state
+                            buf.size, buf)
+        return {"sym": self.pack_symbols(sym, g.size), "scale": scale}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
         raise SideInformationRequired(
@@ -443,30 +445,10 @@ class Ndqsg(Codec):
             check_byte_packed(payload["sym"], info.numel, self.rho)
             sym, packed = payload["sym"], True
         else:
-            sym = unpack(payload["sym"], info.numel, self.rho, out=kernels.scratch(padded_length(info.numel, self.rho)))
-            packed = False
+            sym, packed = self.unpack_symbols(payload, info), False
         out, fails = decode(sym, payload["scale"], y, self.m1, self.rho, self.alpha, self.bucket,
                             ctx.key(DITHER_STREAM), self.estimator, constrain, packed)
         if stats is not None:
             stats["detectable_failures"] = stats.get("detectable_failures", 0) + fails
             stats["coordinates"] = stats.get("coordinates", 0) + info.numel
         return out.reshape(info.shape)
-
-    def fields(self, info: TensorInfo) -> dict[str, Field]:
-        n = info.numel
-        return {
-            "sym": Field("uint8", (packed_nbytes(n, self.rho),)),
-            "scale": Field(self.scale_dtype, (buckets.n_buckets(n, self.bucket),)),
-        }
-
-    def check(self, payload: Payload, info: TensorInfo) -> None:
-        check_scales(payload["scale"], f"{info.name}.scale")
-        try:
-            unpack(payload["sym"], info.numel, self.rho, out=kernels.scratch(padded_length(info.numel, self.rho)))
-        except ValueError as err:
-            raise PayloadError(f"{info.name}.sym: {err}") from err
-
-    def bits_per_coordinate(self, n: int) -> float:
-        """Bits sent per coordinate for a tensor of ``n`` entries (symbols + scales)."""
-        nbytes = packed_nbytes(n, self.rho) + buckets.n_buckets(n, self.bucket) * np.dtype(self.scale_dtype).itemsize
-        return 8.0 * nbytes / n

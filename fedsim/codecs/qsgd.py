@@ -25,10 +25,10 @@ import numpy as np
 from fedsim.registry import CODECS
 
 from . import buckets, kernels
-from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo
+from .base import CodecContext, Payload, PayloadError, State, TensorInfo
 from .dither import check_length, uniform01
 from .dithered import symbol_buffer
-from .packing import pack, packed_nbytes, padded_length, unpack
+from .symbols import BucketSymbolCodec
 
 QSGD_STREAM = "qsgd"
 
@@ -122,7 +122,7 @@ def decode(sym: np.ndarray, norm: np.ndarray, levels: int, bucket: int) -> np.nd
 
 
 @CODECS.register("qsgd")
-class Qsgd(Codec):
+class Qsgd(BucketSymbolCodec):
     """QSGD with ``s`` levels per sign, bucketed L2 norms, fixed-length packed symbols.
 
     Parameters
@@ -145,34 +145,18 @@ class Qsgd(Codec):
         self.scale_dtype = buckets.check_scale_dtype(scale_dtype, "qsgd")
         self.base = 2 * self.levels + 1
 
+    scale_field = "norm"
+
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         v = np.asarray(x, dtype=np.float32).reshape(-1)
-        size = padded_length(v.size, self.base)
-        sym, norm = encode(v, self.levels, self.bucket, ctx.key(QSGD_STREAM), self.scale_dtype, size,
-                           kernels.scratch(size))
-        return {"sym": pack(sym, self.base, n=v.size, check=False), "norm": norm}, state
+        buf = self.symbol_scratch(v.size)
+        sym, norm = encode(v, self.levels, self.bucket, ctx.key(QSGD_STREAM), self.scale_dtype, buf.size, buf)
+        return {"sym": self.pack_symbols(sym, v.size), "norm": norm}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
-        sym = unpack(payload["sym"], info.numel, self.base, out=kernels.scratch(padded_length(info.numel, self.base)))
-        return decode(sym, payload["norm"], self.levels, self.bucket).reshape(info.shape)
+        return decode(self.unpack_symbols(payload, info), payload["norm"], self.levels, self.bucket).reshape(info.shape)
 
-    def fields(self, info: TensorInfo) -> dict[str, Field]:
-        n = info.numel
-        return {
-            "sym": Field("uint8", (packed_nbytes(n, self.base),)),
-            "norm": Field(self.scale_dtype, (buckets.n_buckets(n, self.bucket),)),
-        }
-
-    def check(self, payload: Payload, info: TensorInfo) -> None:
-        norm = payload["norm"]
-        if norm.size and (norm < 0).any():
-            raise PayloadError(f"{info.name}.norm: bucket norms must be >= 0; got min {float(norm.min())}")
-        try:
-            unpack(payload["sym"], info.numel, self.base, out=kernels.scratch(padded_length(info.numel, self.base)))
-        except ValueError as err:
-            raise PayloadError(f"{info.name}.sym: {err}") from err
-
-    def bits_per_coordinate(self, n: int) -> float:
-        """Bits sent per coordinate for a tensor of ``n`` entries (symbols + norms)."""
-        nbytes = packed_nbytes(n, self.base) + buckets.n_buckets(n, self.bucket) * np.dtype(self.scale_dtype).itemsize
-        return 8.0 * nbytes / n
+    def check_scales(self, scale: np.ndarray, where: str) -> None:
+        """Bucket norms are ``>= 0`` (an all-zero bucket has norm 0)."""
+        if scale.size and (scale < 0).any():
+            raise PayloadError(f"{where}: bucket norms must be >= 0; got min {float(scale.min())}")
