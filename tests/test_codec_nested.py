@@ -244,3 +244,16 @@ def test_m1_is_capped_where_float32_stops_holding_the_fine_index() -> None:
     Ndqsg(m1=2**20, m2=2**19)
     with pytest.raises(ValueError, match="1..1048576"):
         Ndqsg(m1=2**27, m2=1)
+
+
+def test_validation_rejects_non_zero_padding_of_one_byte_blocks() -> None:
+    from fedsim.codecs.packing import pack
+
+    codec, n = Ndqsg(), 1003  # base 3: 5 symbols a byte, 2 padding symbols in the last block
+    info = TensorInfo("w", (n,))
+    good, _ = codec.encode(np.random.default_rng(2).standard_normal(n).astype(np.float32), {}, _ctx())
+    validate_payload(codec, good, info)
+    sym = np.zeros(1005, dtype=np.uint8)
+    sym[-1] = 2
+    with pytest.raises(PayloadError, match="padding"):
+        validate_payload(codec, dict(good, sym=pack(sym, 3)), info)

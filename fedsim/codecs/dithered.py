@@ -48,6 +48,7 @@ from fedsim.registry import CODECS
 from . import buckets, kernels
 from .base import CodecContext, Payload, State, TensorInfo
 from .dither import DITHER_STREAM, check_length, uniform
+from .packing import symbol_buffer
 from .symbols import BucketSymbolCodec
 
 _TINY = float(np.finfo(np.float32).tiny)
@@ -144,7 +145,7 @@ def encode(
     """DQSG encoder with the counter-based dither of ``key``: :func:`quantize` with ``u = uniform(key, 0, n)``.
 
     ``pad_to`` (>= n) sizes the symbol array for the packer; entries past ``n`` are 0.
-    ``out``: a uint8 buffer to write the symbols into (see :func:`symbol_buffer`).
+    ``out``: a uint8 buffer to write the symbols into (see :func:`fedsim.codecs.packing.symbol_buffer`).
     """
     return keyed_symbols(
         g, levels, 1.0, bucket, key, scale_dtype, pad_to, out,
@@ -192,20 +193,6 @@ def _canonical_nan(scale: np.ndarray) -> np.ndarray:
     if nan.any():
         scale[nan] = np.nan
     return scale
-
-
-def symbol_buffer(size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """``size`` uint8 entries: a view of ``out`` (checked), or a new array.
-
-    The codecs pass :func:`fedsim.codecs.kernels.scratch`: the symbols only live between
-    quantizer and packer (or unpacker and decoder), and a fresh tensor-sized array costs
-    more in page faults than the packing.
-    """
-    if out is None:
-        return np.empty(size, dtype=np.uint8)
-    if out.dtype != np.uint8 or out.ndim != 1 or out.size < size or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a contiguous 1-D uint8 array of >= {size} entries")
-    return out[:size]
 
 
 def kernel_steps(g: np.ndarray, levels: float, bucket: int, scale_dtype: str) -> tuple[np.ndarray, bool]:

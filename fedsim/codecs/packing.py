@@ -224,12 +224,12 @@ def unpack(
     if jit is not None and m == 1:  # a table of the digits of every byte
         if strict and int(data.max()) >= base**k:
             raise ValueError(f"packed block value {int(data.max())} >= {base}**{k}: not a valid packing")
-        rows = _rows(out, nblocks * k)
+        rows = symbol_buffer(nblocks * k, out)
         kernels.parallel(jit.unpack_bytes, nblocks, 1, np.ascontiguousarray(data), rows, nblocks, _digits(base, k),
                          size=n)
         return _check_padding(rows, n, strict)
     if jit is not None and ksplit is not None:
-        rows = _rows(out, nblocks * k)
+        rows = symbol_buffer(nblocks * k, out)
         bad = sum(kernels.parallel(jit.unpack_blocks, nblocks, 1, np.ascontiguousarray(data), rows, nblocks, k, m,
                                    base, ksplit, base**k, size=n))
         if strict and bad:
@@ -245,7 +245,7 @@ def unpack(
         acc = wide.view(np.dtype(acc_t).newbyteorder("<")).reshape(-1).astype(acc_t)
     if strict and int(acc.max()) >= base**k:
         raise ValueError(f"packed block value {int(acc.max())} >= {base}**{k}: not a valid packing")
-    rows = _rows(out, nblocks * k).reshape(k, nblocks)
+    rows = symbol_buffer(nblocks * k, out).reshape(k, nblocks)
     bb = acc_t(base)
     for i in range(k):  # digit i = v mod b, then v //= b (SIMD division by a scalar)
         q = acc // bb
@@ -285,11 +285,17 @@ def check_byte_packed(data: np.ndarray, n: int, base: int) -> None:
         raise ValueError("non-zero padding symbols after the last symbol: not a valid packing")
 
 
-def _rows(out: np.ndarray | None, size: int) -> np.ndarray:
+def symbol_buffer(size: int, out: np.ndarray | None = None) -> np.ndarray:
+    """``size`` uint8 entries for symbols: a view of ``out`` (checked), or a new array.
+
+    The codecs pass :func:`fedsim.codecs.kernels.scratch`: symbols only live between
+    quantizer and packer (or unpacker and decoder), and a fresh tensor-sized array costs
+    more in page faults than the packing.
+    """
     if out is None:
         return np.empty(size, dtype=np.uint8)
     if out.dtype != np.uint8 or out.ndim != 1 or out.size < size or not out.flags.c_contiguous:
-        raise ValueError(f"unpack: out must be a contiguous 1-D uint8 array of >= {size} entries")
+        raise ValueError(f"out must be a contiguous 1-D uint8 array of >= {size} entries")
     return out[:size]
 
 

@@ -27,7 +27,7 @@ from fedsim.registry import CODECS
 from . import buckets, kernels
 from .base import CodecContext, Payload, PayloadError, State, TensorInfo
 from .dither import check_length, uniform01
-from .dithered import symbol_buffer
+from .packing import symbol_buffer
 from .symbols import BucketSymbolCodec
 
 QSGD_STREAM = "qsgd"

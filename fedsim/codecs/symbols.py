@@ -16,7 +16,7 @@ import numpy as np
 
 from . import buckets, kernels
 from .base import Codec, Field, Payload, PayloadError, TensorInfo
-from .packing import pack, packed_nbytes, padded_length, unpack
+from .packing import byte_digits, check_byte_packed, pack, packed_nbytes, padded_length, unpack
 
 
 class BucketSymbolCodec(Codec):
@@ -58,7 +58,10 @@ class BucketSymbolCodec(Codec):
     def check(self, payload: Payload, info: TensorInfo) -> None:
         self.check_scales(payload[self.scale_field], f"{info.name}.{self.scale_field}")
         try:  # strict: every block < base**k, zero padding
-            self.unpack_symbols(payload, info)
+            if byte_digits(self.base) is not None:  # one-byte blocks: checked without unpacking
+                check_byte_packed(payload["sym"], info.numel, self.base)
+            else:
+                self.unpack_symbols(payload, info)
         except ValueError as err:
             raise PayloadError(f"{info.name}.sym: {err}") from err
 
