@@ -1,6 +1,6 @@
 """The ``fedsim`` command line.
 
-``fedsim run CONFIG [--set key=value ...]``   run an experiment (Flower simulation on Ray)
+``fedsim run CONFIG [--set key=value ...]``   run an experiment (simulated clients on Ray workers)
 ``fedsim compare RUN_DIR RUN_DIR ...``        overlay runs in one plot and print a table
 ``fedsim plugins``                            list the registered plugins
 ``fedsim deploy ...``                         real devices over gRPC (:mod:`fedsim.deploy.cli`)
@@ -87,6 +87,13 @@ class RoundProgress:
         elif self.enabled:
             console.print(f"round {row['round']}/{self.rounds}  {info}", highlight=False)
 
+    def status(self, line: str) -> None:
+        """A start-up line ("workers 2/2 ready, 100,000 clients")."""
+        if self.live:
+            self._progress.update(self._task, info=line)
+        else:
+            console.print(line, highlight=False)
+
     def __exit__(self, *exc: Any) -> None:
         if self._progress is not None:
             self._progress.stop()
@@ -98,7 +105,7 @@ def run(
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a field: key.sub=value (repeatable)"),
     out: Optional[Path] = typer.Option(None, help="parent directory of the run directory (default: output.dir)"),
 ) -> None:
-    """Run an experiment on Flower's simulation engine and write metrics and plots."""
+    """Run an experiment in simulation (default: a pool of Ray workers) and write metrics and plots."""
     try:
         cfg = load_config(config, set_ or [])
         check_plugins(cfg)
@@ -109,12 +116,13 @@ def run(
     console.print(f"[bold]fedsim[/] {cfg.name}: {cfg.data.num_clients} clients ({cfg.data.name}, "
                   f"{cfg.data.partition.kind}), {cfg.clients_per_round} per round, {cfg.rounds} rounds, "
                   f"strategy {cfg.strategy.name}, codec {cfg.codec.name} -> {run_dir}", highlight=False)
+    from fedsim.engine.pool import PoolSetupError
     from fedsim.engine.simulation import simulate
 
     try:
         with RoundProgress(cfg.rounds, cfg.output.progress) as progress:
-            summary = simulate(cfg, run_dir, progress)
-    except (ConfigError, PluginError, FileNotFoundError) as err:
+            summary = simulate(cfg, run_dir, progress, say=progress.status)
+    except (ConfigError, PluginError, FileNotFoundError, PoolSetupError) as err:
         fail(str(err))
     rows = read_rows(run_dir)
     if cfg.output.plots:

@@ -77,15 +77,30 @@ class AttackConfig(_Model):
 
 
 class SimulationConfig(_Model):
-    backend: Literal["ray", "inprocess"] = Field(
-        "ray", description="ray: Flower's simulation engine; inprocess: the ClientApp called in this process"
+    backend: Literal["pool", "flower", "inprocess"] = Field(
+        "pool", description="pool: virtual clients on a pool of Ray workers; flower: Flower's simulation engine "
+                            "(one SuperNode per client; 'ray' is an alias); inprocess: the ClientApp called in "
+                            "this process, without Ray"
     )
-    num_cpus_per_client: float = Field(1.0, gt=0)
+    workers: int | None = Field(None, ge=1, description="pool workers (default: the CPUs Ray sees / "
+                                                        "num_cpus_per_client)")
+    num_cpus_per_client: float = Field(1.0, gt=0, description="CPUs per pool worker (per client actor on flower)")
+    num_gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per pool worker, where GPUs exist")
+    state_memory_mb: float = Field(
+        1024.0, ge=0, description="pool: memory for clients' state (all workers together); the least recently "
+                                  "used clients spill to files under the run directory")
     ray_address: str | None = Field(None, description="an existing Ray cluster ('auto' or host:port)")
     round_timeout: float = Field(600.0, gt=0, description="seconds to wait for replies in a round")
     max_payload_ratio: float = Field(
         2.0, gt=0, description="a reply larger than this times the dense update is rejected"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alias(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("backend") == "ray":  # the old name of Flower's engine
+            data = {**data, "backend": "flower"}
+        return data
 
 
 class OutputConfig(_Model):

@@ -179,3 +179,8 @@ def load_partition(data_cfg: object, seed: int, client: int) -> tuple[np.ndarray
 
 
 from . import npz as _npz  # noqa: E402,F401  (registers the numpy-only "npz" dataset)
+
+
+def client_sizes(data_cfg: object, seed: int) -> np.ndarray:
+    """Every client's number of training examples (int64, one per client)."""
+    return np.array([len(i) for i in client_indices(data_cfg, seed)], dtype=np.int64)

@@ -86,6 +86,20 @@ def discover(grid: Grid, nodes: list[int], timeout: float, spec_json: str | None
     return mapping
 
 
+def client_map(grid: Grid, cfg: Config, spec_json: str) -> tuple[dict[int, int], dict[int, int]]:
+    """(node -> client id, client id -> examples): from the grid when it knows them (the
+    pool backend: no message before round 1), else by a discovery round."""
+    known = getattr(grid, "client_map", None)
+    if known is not None:
+        return known()  # type: ignore[no-any-return]
+    n = cfg.data.num_clients
+    nodes = wait_for_nodes(grid, n)
+    sizes: dict[int, int] = {}
+    mapping = discover(grid, nodes, timeout=cfg.simulation.round_timeout, spec_json=spec_json, sizes=sizes,
+                       num_clients=n)
+    return mapping, sizes
+
+
 def build_wrapper(cfg: Config) -> FedsimWrapper:
     """The inner strategy from the registry, wrapped with fedsim's wire."""
     inner = STRATEGIES.build(cfg.strategy.name, cfg.strategy.params)
@@ -141,11 +155,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
     """Run every round of ``cfg`` on ``grid``; write metrics into ``run_dir``; return the summary."""
     evaluator = Evaluator(cfg)
     wrapper = build_wrapper(cfg)
-    n = cfg.data.num_clients
-    nodes = wait_for_nodes(grid, n)
-    sizes: dict[int, int] = {}
-    mapping = discover(grid, nodes, timeout=cfg.simulation.round_timeout, spec_json=wrapper.spec_json, sizes=sizes,
-                       num_clients=n)
+    mapping, sizes = client_map(grid, cfg, wrapper.spec_json)
     if len(mapping) < cfg.clients_per_round:
         raise RuntimeError(f"only {len(mapping)} clients answered discovery; need {cfg.clients_per_round}")
     wrapper.bind_nodes(mapping, sizes)

@@ -1,8 +1,14 @@
-"""Run an experiment on Flower's simulation engine (Ray), in this process.
+"""Run an experiment in simulation, on the backend the config names.
 
-The ServerApp and ClientApp are the ones a real deployment runs; only the transport
-differs. One Ray actor per ``simulation.num_cpus_per_client`` CPUs (1 by default, so a
-2-core machine runs 2 clients at once, each with one torch thread).
+The ServerApp body (:func:`fedsim.engine.server.run_server`) and the ClientApp
+(``fedsim.clients.app:app``) are the ones a real deployment runs; only the transport
+differs:
+
+- ``pool`` (default): virtual clients on a few long-lived Ray workers
+  (:mod:`fedsim.engine.pool`), one per ``simulation.num_cpus_per_client`` CPUs;
+- ``flower``: Flower's simulation engine, one virtual SuperNode per client (one Ray
+  actor per ``num_cpus_per_client`` CPUs runs them); kept for fidelity checks;
+- ``inprocess``: the ClientApp called in this process (:mod:`fedsim.engine.inprocess`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from fedsim.config import Config
@@ -39,8 +46,29 @@ def backend_config(cfg: Config) -> dict[str, Any]:
     }
 
 
-def simulate(cfg: Config, run_dir: Path, progress: Progress | None = None) -> dict[str, Any]:
-    """Run ``cfg`` through Flower + Ray; return the summary (re-raising a server error)."""
+def simulate_pool(cfg: Config, run_dir: Path, progress: Progress | None = None,
+                  say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``cfg`` on the worker-pool backend (:mod:`fedsim.engine.pool`)."""
+    import ray
+
+    from .pool import PoolGrid
+
+    started_ray = not ray.is_initialized()
+    grid = PoolGrid(cfg, run_dir, say=say)
+    try:
+        return run_server(grid, cfg, run_dir, progress)
+    finally:
+        grid.shutdown()
+        if started_ray:
+            ray.shutdown()
+
+
+def simulate(cfg: Config, run_dir: Path, progress: Progress | None = None,
+             say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``cfg`` on its ``simulation.backend``; return the summary (re-raising a server error).
+
+    ``say`` receives start-up progress lines (pool backend).
+    """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation
@@ -52,6 +80,8 @@ def simulate(cfg: Config, run_dir: Path, progress: Progress | None = None) -> di
         from .inprocess import InProcessGrid
 
         return run_server(InProcessGrid(client_app, cfg.data.num_clients), cfg, run_dir, progress)
+    if cfg.simulation.backend == "pool":
+        return simulate_pool(cfg, run_dir, progress, say)
     outcome: dict[str, Any] = {}
     server_app = ServerApp()
 
