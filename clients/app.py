@@ -13,6 +13,7 @@ go back.
 
 from __future__ import annotations
 
+import functools
 import json
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -38,6 +39,12 @@ def client_id(context: Context) -> int:
         ) from None
 
 
+@functools.lru_cache(maxsize=8)
+def parse_spec(text: str) -> ClientSpec:
+    """The client spec of a message, parsed once per process (it is the same every round)."""
+    return ClientSpec.from_json(text)
+
+
 @app.query()
 def query(msg: Message, context: Context) -> Message:
     """Discovery: this node's client id and, given the data spec, its number of examples."""
@@ -47,7 +54,7 @@ def query(msg: Message, context: Context) -> Message:
     if cfg is not None and SPEC_KEY in cfg:
         from fedsim.data.datasets import client_indices
 
-        spec = ClientSpec.from_json(str(cfg[SPEC_KEY]))
+        spec = parse_spec(str(cfg[SPEC_KEY]))
         out["num-examples"] = len(client_indices(spec.data, spec.seed)[cid])
     return Message(RecordDict({METRICS: MetricRecord(out)}), reply_to=msg)
 
@@ -55,7 +62,7 @@ def query(msg: Message, context: Context) -> Message:
 def train_round(msg: Message, context: Context) -> Message:
     """The body of ``@app.train``: parse the config, run the task the strategy named."""
     cfg = msg.content.config_records[CONFIG]
-    spec = ClientSpec.from_json(str(cfg[SPEC_KEY]))
+    spec = parse_spec(str(cfg[SPEC_KEY]))
     attack_cfg = AttackConfig.model_validate_json(str(cfg[ATTACK_KEY])) if ATTACK_KEY in cfg else None
     job = Job(message=msg, context=context, config=cfg, spec=spec, round=int(cfg[ROUND_KEY]),  # type: ignore[arg-type]
               client=client_id(context),

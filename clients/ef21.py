@@ -27,10 +27,9 @@ from fedsim.codecs.model import tensor_infos
 from fedsim.ef21.client import client_round, from_arrays, to_arrays
 from fedsim.ef21.oracles import local_problem
 from fedsim.ef21.wire import CodecWire, DenseWire, TopKWire, Wire
-from fedsim.registry import CODECS
 from fedsim.wire import ARRAYS
 
-from .tasks import TASKS, Job, TaskResult
+from .tasks import TASKS, Job, TaskResult, build_codec
 
 
 def _wire(job: Job, kind: str, d: int, shapes: list[tuple[str, tuple[int, ...]]]) -> Wire:
@@ -41,7 +40,7 @@ def _wire(job: Job, kind: str, d: int, shapes: list[tuple[str, tuple[int, ...]]]
     if kind == "topk":
         return TopKWire(int(cfg["ef21.k"]), d, dtype)  # type: ignore[arg-type]
     if kind == "codec":
-        return CodecWire(CODECS.build(job.spec.codec.name, job.spec.codec.params), tensor_infos(shapes), alpha=1.0)
+        return CodecWire(build_codec(job.spec.codec), tensor_infos(shapes), alpha=1.0)
     raise ValueError(f"unknown EF21 wire {kind!r}; known: dense, topk, codec")
 
 

@@ -29,10 +29,9 @@ import numpy as np
 
 from fedsim.codecs.model import encode_update, flatten, init_states, tensor_infos, unflatten
 from fedsim.data.datasets import load_dataset, load_partition
-from fedsim.registry import CODECS
 from fedsim.robust.monna import MomentumState, client_step
 
-from .tasks import TASKS, Job, TaskResult
+from .tasks import TASKS, Job, TaskResult, build_codec
 
 LR_KEY = "monna.lr"
 BETA_KEY = "monna.beta"
@@ -111,7 +110,7 @@ def monna(job: Job) -> TaskResult:
         step = job.attack.corrupt(step, np.random.default_rng(job.seed + [0xA77]))
     t1 = time.perf_counter()
 
-    codec = CODECS.build(spec.codec.name, spec.codec.params)
+    codec = build_codec(spec.codec)
     infos = tensor_infos([(n, s) for n, s in zip(names, shapes)])
     states = unflatten(saved, len(infos)) if saved else init_states(codec, infos)
     payload, states = encode_update(codec, step, infos, states, spec.seed, job.round, job.client)

@@ -24,6 +24,8 @@ client's saved codec state is not keyed by codec: switching a client between
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -42,6 +44,17 @@ from .trainer import local_train, requested_backend
 TaskResult = tuple[dict[str, np.ndarray], dict[str, float]]
 CODEC_KEY = "fedsim.codec"  # optional per-client codec override: PluginSpec JSON
 TASKS: Registry[Callable[["Job"], TaskResult]] = Registry("client task", "fedsim.client_tasks", ())
+
+
+@functools.lru_cache(maxsize=16)
+def _codec(name: str, params_json: str) -> Any:
+    return CODECS.build(name, json.loads(params_json))
+
+
+def build_codec(spec: PluginSpec) -> Any:
+    """The codec ``spec`` names, built once per process and then reused: a codec holds
+    its configuration only (its state is explicit, see :mod:`fedsim.codecs.base`)."""
+    return _codec(spec.name, json.dumps(spec.params, sort_keys=True))
 
 
 @dataclass
@@ -89,7 +102,7 @@ def train(job: Job) -> TaskResult:
         update = job.attack.corrupt(update, np.random.default_rng(job.seed + [0xA77]))
     t1 = time.perf_counter()
     spec = job.codec_spec()
-    codec = CODECS.build(spec.name, spec.params)
+    codec = build_codec(spec)
     infos = tensor_infos([(n, a.shape) for n, a in zip(names, start)])
     saved = job.store.load()
     states = unflatten(saved, len(infos)) if saved else init_states(codec, infos)

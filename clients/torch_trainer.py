@@ -31,12 +31,38 @@ def set_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
                            for (k, v), w in zip(sd.items(), weights)})
 
 
+@torch.no_grad()
+def sgd_step(params: Sequence[torch.Tensor], buffers: list[torch.Tensor | None], lr: float, momentum: float,
+             weight_decay: float) -> None:
+    """One step of SGD with momentum and weight decay, in place; as ``torch.optim.SGD``
+    (dampening 0, no Nesterov; its single-tensor path, bit for bit), without building an
+    optimizer per client (whose first construction imports torch's compiler, seconds)::
+
+        d = grad + weight_decay * p
+        buf = d (first step) or momentum * buf + d;  d = buf   (if momentum)
+        p = p - lr * d
+    """
+    for i, p in enumerate(params):
+        if p.grad is None:
+            continue
+        d = p.grad if weight_decay == 0 else p.grad.add(p, alpha=weight_decay)
+        if momentum != 0:
+            buf = buffers[i]
+            if buf is None:
+                buf = buffers[i] = torch.clone(d).detach()
+            else:
+                buf.mul_(momentum).add_(d)
+            d = buf
+        p.add_(d, alpha=-lr)
+
+
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float,
           momentum: float, weight_decay: float, seed: int) -> dict[str, float]:
     """Train in place; return num_examples, steps and the mean training loss."""
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    buffers: list[torch.Tensor | None] = [None] * len(params)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     total, steps = 0.0, 0
@@ -44,10 +70,11 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_
         perm = torch.randperm(len(xt), generator=gen)
         for start in range(0, len(xt), batch_size):
             b = perm[start:start + batch_size]
-            opt.zero_grad()
+            for p in params:
+                p.grad = None
             loss = loss_fn(model(xt[b]), yt[b])
             loss.backward()
-            opt.step()
+            sgd_step(params, buffers, lr, momentum, weight_decay)
             total += float(loss.detach())
             steps += 1
     return {"num-examples": float(len(x)), "steps": float(steps), "train-loss": total / max(steps, 1)}

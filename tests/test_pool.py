@@ -235,3 +235,12 @@ def test_fedsim_run_with_a_wrong_ray_address_exits_2_with_one_line(tmp_path):
     assert time.monotonic() - t0 < 30
     err = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and "no Ray cluster at 127.0.0.1" in err[0] and "Traceback" not in res.stderr
+
+
+def test_backend_defaults_to_pool_and_ray_is_an_alias_of_flower():
+    assert small_config().simulation.backend == "pool"
+    assert small_config("simulation.backend=ray").simulation.backend == "flower"
+    from fedsim.config import ConfigError
+
+    with pytest.raises(ConfigError, match="simulation.backend"):
+        small_config("simulation.backend=threads")

@@ -311,15 +311,13 @@ class PoolGrid(Grid):
         self.state_root = run_dir / "client-state"
         self.workers = [remote.remote(i, n, str(self.state_root / f"worker-{i}"), state_cap, warm, client_app)
                         for i in range(k)]
-        pending = {w.ready.remote(): i for i, w in enumerate(self.workers)}
+        # The workers import torch and load the data while the server does the same;
+        # the grid waits for them when it is first used (wait_ready).
+        self._pending_ready = {w.ready.remote(): i for i, w in enumerate(self.workers)}
         self.pids: dict[int, int] = {}
         self.ray_nodes: dict[int, str] = {}  # worker -> the Ray node it runs on
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(done[0])
-            self.pids[i], self.ray_nodes[i] = ray.get(done[0])
-            self.say(f"workers {len(self.pids)}/{k} ready, {n:,} clients")
-        self.startup_s = time.perf_counter() - t0
+        self._t0 = t0
+        self.startup_s: float | None = None
         self.owner: dict[int, int] = {}  # client -> the worker holding its state
         self.stats = PoolStats()
         self._ids = itertools.count(1)
@@ -328,9 +326,23 @@ class PoolGrid(Grid):
         self._restarting: set[int] = set()
         self.on_dispatch: Callable[[PoolGrid], None] | None = None  # test hook: called after a round is sent
 
+    def wait_ready(self) -> None:
+        """Block until every worker has started (a line as each one is ready)."""
+        import ray
+
+        pending = self._pending_ready
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(done[0])
+            self.pids[i], self.ray_nodes[i] = ray.get(done[0])
+            self.say(f"workers {len(self.pids)}/{self.workers_n} ready, {self.num_clients:,} clients")
+        if self.startup_s is None:
+            self.startup_s = time.perf_counter() - self._t0
+
     # -- the node <-> client map the server would otherwise discover ------------------
     def client_map(self) -> tuple[dict[int, int], dict[int, int]]:
         """(node id -> client id, client id -> number of examples), without any message."""
+        self.wait_ready()
         nodes = {node_id(c): c for c in range(self.num_clients)}
         return nodes, {c: int(s) for c, s in enumerate(self.sizes)}
 
@@ -357,6 +369,7 @@ class PoolGrid(Grid):
         from flwr.common.serde import array_record_to_proto, message_to_proto
 
         msgs = list(messages)
+        self.wait_ready()
         self._await_restarts()
         ids = []
         for msg in msgs:
@@ -501,6 +514,7 @@ class PoolGrid(Grid):
         """Ask every worker for its pid and node again (after a restart)."""
         import ray
 
+        self.wait_ready()
         for i, (pid, node) in enumerate(ray.get([w.ready.remote() for w in self.workers])):
             self.pids[i], self.ray_nodes[i] = pid, node
 

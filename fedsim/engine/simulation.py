@@ -13,8 +13,10 @@ differs:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import threading
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +56,9 @@ def simulate_pool(cfg: Config, run_dir: Path, progress: Progress | None = None,
     from .pool import PoolGrid
 
     started_ray = not ray.is_initialized()
+    # the server's own imports (torch, the model) overlap Ray's start-up
+    warm = threading.Thread(target=importlib.import_module, args=("fedsim.models",), daemon=True)
+    warm.start()
     grid = PoolGrid(cfg, run_dir, say=say)
     try:
         return run_server(grid, cfg, run_dir, progress)
@@ -69,19 +74,18 @@ def simulate(cfg: Config, run_dir: Path, progress: Progress | None = None,
 
     ``say`` receives start-up progress lines (pool backend).
     """
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
-
+    quiet_environment(run_dir)
+    if cfg.simulation.backend == "pool":
+        return simulate_pool(cfg, run_dir, progress, say)
     from fedsim.clients.app import app as client_app
 
-    quiet_environment(run_dir)
     if cfg.simulation.backend == "inprocess":
         from .inprocess import InProcessGrid
 
         return run_server(InProcessGrid(client_app, cfg.data.num_clients), cfg, run_dir, progress)
-    if cfg.simulation.backend == "pool":
-        return simulate_pool(cfg, run_dir, progress, say)
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation  # imports Flower's SuperLink: seconds
     outcome: dict[str, Any] = {}
     server_app = ServerApp()
 
