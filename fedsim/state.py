@@ -2,10 +2,11 @@
 
 Flower rebuilds a ClientApp for every message, so state must be stored outside it.
 :class:`ContextStore` keeps it in Flower's per-node ``Context.state`` (persisted by
-Flower across rounds, in simulation and in deployment). :class:`DiskStore` keeps one
-``.npz`` per client in a directory, which bounds memory when thousands of simulated
-clients each hold model-sized state. State is a flat ``dict`` of numpy arrays; files
-are read with ``allow_pickle=False``.
+Flower across rounds, in simulation and in deployment): what every client task uses.
+In the pool backend, one worker serves many clients and keeps their ``Context.state``
+arrays in a :class:`SpillStore`, which bounds memory when thousands of simulated clients
+each hold model-sized state by spilling the least recently used to ``.npz`` files (read
+with ``allow_pickle=False``).
 """
 
 from __future__ import annotations
@@ -32,25 +33,6 @@ class ContextStore:
 
     def save(self, state: dict[str, np.ndarray]) -> None:
         self.context.state[STATE_KEY] = to_record(state) if state else ArrayRecord()
-
-
-class DiskStore:
-    """State in ``<directory>/client-<id>.npz``."""
-
-    def __init__(self, directory: str | Path, client: int) -> None:
-        self.path = Path(directory) / f"client-{client}.npz"
-
-    def load(self) -> dict[str, np.ndarray]:
-        if not self.path.exists():
-            return {}
-        with np.load(self.path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-
-    def save(self, state: dict[str, np.ndarray]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, **state)
-        tmp.replace(self.path)
 
 
 ClientState = dict[str, dict[str, np.ndarray]]  # record key -> array key -> array
