@@ -171,6 +171,24 @@ def test_shakespeare_maps_characters_to_leaf_vocabulary(tmp_path):
     assert client_sizes(c.data, c.seed).tolist() == [2, 1]
 
 
+def test_char_lstm_runs_on_shakespeare_in_process(tmp_path, cfg_factory):
+    from tests.conftest import run_inprocess
+
+    rng = np.random.default_rng(0)
+    text = "".join(rng.choice(list("abcdefgh ,."), 400))
+    roles = {f"R{k}": {"x": [text[i:i + 80] for i in range(k, k + 40, 4)],
+                       "y": [text[i + 80] for i in range(k, k + 40, 4)]} for k in range(4)}
+    for split in ("train", "test"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        (tmp_path / "data" / split / "s.json").write_text(json.dumps(leaf_doc(roles)))
+    cfg = cfg_factory("data.name=shakespeare", "data.partition.kind=natural", f"data.path={tmp_path / 'data'}",
+                      "data.num_clients=4", "clients_per_round=2", "rounds=1", "model.name=char-lstm",
+                      "model.params={hidden: 8, layers: 1}", "train.batch_size=5")
+    summary = run_inprocess(cfg, tmp_path / "run")
+    assert summary["rounds"] == 1 and summary["failed"] == 0 and summary["rejected"] == 0
+    assert summary["final_accuracy"] is not None
+
+
 @pytest.mark.parametrize("x, y, msg", [
     (["short"], ["a"], "string of 80 characters"),
     (["a" * 80], ["ab"], "one character"),

@@ -136,3 +136,15 @@ def test_100k_clients_are_cheap():
     assert sizes.shape == (100_000,)
     x, y = load_partition(cfg.data, cfg.seed, 99_999)
     assert len(x) == sizes[99_999]
+
+
+def test_a_run_on_synthetic_goes_end_to_end_in_process(tmp_path, cfg_factory):
+    from tests.conftest import run_inprocess
+
+    cfg = cfg_factory("data.name=synthetic", "data.partition.kind=natural", "data.num_clients=20",
+                      "data.params={alpha: 0.5, beta: 0.5, max_size: 200, test_clients: 20, test_examples: 400}",
+                      "model.name=logreg", "model.params={}", "clients_per_round=4", "rounds=2",
+                      "train.batch_size=10", "train.lr=0.05")
+    summary = run_inprocess(cfg, tmp_path)
+    assert summary["rounds"] == 2 and summary["failed"] == 0 and summary["rejected"] == 0
+    assert 0.0 <= summary["final_accuracy"] <= 1.0

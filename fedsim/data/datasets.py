@@ -358,12 +358,13 @@ def client_sizes(data_cfg: Any, seed: int) -> np.ndarray:
 
 
 def load_partition(data_cfg: Any, seed: int, client: int) -> tuple[np.ndarray, np.ndarray]:
-    """Client ``client``'s training examples (x, y), for every dataset; cached per process."""
+    """Client ``client``'s training examples (x, y), for every dataset: fresh arrays the caller owns."""
     if not 0 <= client < data_cfg.num_clients:
         raise IndexError(f"client {client} is out of range: data.num_clients={data_cfg.num_clients}")
     ds = _dataset(data_cfg, seed)
     if isinstance(ds, NaturalDataset):
-        return ds.clients.load(client)
+        x, y = ds.clients.load(client)  # read-only: cached, or views of the whole set
+        return x.copy(), y.copy()
     idx = client_indices(data_cfg, seed)[client]
     return ds.x_train[idx], ds.y_train[idx]
 
