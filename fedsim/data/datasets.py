@@ -299,9 +299,21 @@ def load_dataset(data_cfg: Any, seed: int) -> Dataset | NaturalDataset:
     A natural dataset's training data are not loaded: ``x_test``, ``y_test``,
     ``num_classes`` and ``input_shape`` are.
     """
+    return _checked(data_cfg.model_dump_json(), seed)
+
+
+def _config(data_json: str) -> Any:
+    from fedsim.config import DataConfig
+
+    return DataConfig.model_validate_json(data_json)
+
+
+@functools.lru_cache(maxsize=8)
+def _checked(data_json: str, seed: int) -> Dataset | NaturalDataset:
+    data_cfg = _config(data_json)
     check_data(data_cfg)
     ds = _dataset(data_cfg, seed)
-    client_sizes(data_cfg, seed)
+    _sizes(data_json, seed)
     return ds
 
 
@@ -332,9 +344,7 @@ def client_indices(data_cfg: Any, seed: int) -> tuple[np.ndarray, ...]:
 
 @functools.lru_cache(maxsize=4)
 def _sizes(data_json: str, seed: int) -> np.ndarray:
-    from fedsim.config import DataConfig
-
-    data_cfg = DataConfig.model_validate_json(data_json)
+    data_cfg = _config(data_json)
     ds = _dataset(data_cfg, seed)
     if isinstance(ds, NaturalDataset):
         sizes = np.asarray(ds.clients.sizes(), dtype=np.int64)
@@ -342,7 +352,7 @@ def _sizes(data_json: str, seed: int) -> np.ndarray:
             raise ValueError(f"dataset {data_cfg.name!r} gave {sizes.shape} sizes for "
                              f"data.num_clients={data_cfg.num_clients}")
     else:
-        sizes = np.fromiter((len(i) for i in client_indices(data_cfg, seed)), dtype=np.int64,
+        sizes = np.fromiter((len(i) for i in _partitions(data_json, seed)), dtype=np.int64,
                             count=data_cfg.num_clients)
     sizes.flags.writeable = False
     return sizes
@@ -357,16 +367,26 @@ def client_sizes(data_cfg: Any, seed: int) -> np.ndarray:
     return _sizes(data_cfg.model_dump_json(), seed)
 
 
+@functools.lru_cache(maxsize=4)
+def _client_loader(data_json: str, seed: int) -> Callable[[int], tuple[np.ndarray, np.ndarray]]:
+    ds = _dataset(_config(data_json), seed)
+    if isinstance(ds, NaturalDataset):
+        clients = ds.clients
+
+        def natural(client: int) -> tuple[np.ndarray, np.ndarray]:
+            x, y = clients.load(client)  # read-only: cached, or views of the whole set
+            return x.copy(), y.copy()
+
+        return natural
+    parts, x_train, y_train = _partitions(data_json, seed), ds.x_train, ds.y_train
+    return lambda client: (x_train[parts[client]], y_train[parts[client]])
+
+
 def load_partition(data_cfg: Any, seed: int, client: int) -> tuple[np.ndarray, np.ndarray]:
     """Client ``client``'s training examples (x, y), for every dataset: fresh arrays the caller owns."""
     if not 0 <= client < data_cfg.num_clients:
         raise IndexError(f"client {client} is out of range: data.num_clients={data_cfg.num_clients}")
-    ds = _dataset(data_cfg, seed)
-    if isinstance(ds, NaturalDataset):
-        x, y = ds.clients.load(client)  # read-only: cached, or views of the whole set
-        return x.copy(), y.copy()
-    idx = client_indices(data_cfg, seed)[client]
-    return ds.x_train[idx], ds.y_train[idx]
+    return _client_loader(data_cfg.model_dump_json(), seed)(client)
 
 
 from . import cifar as _cifar  # noqa: E402,F401  (registers "cifar10")
