@@ -13,6 +13,15 @@ from fedsim.data import cifar, leaf
 from fedsim.data.datasets import client_sizes, fashion_mnist, load_dataset, load_partition
 from fedsim.data.idx import write_idx
 
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Parsed copies (LEAF's memory-mapped arrays) go to this test's directory, not ~/.cache."""
+    monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 # ----------------------------------------------------------------------------- CIFAR-10
 
 
@@ -46,6 +55,13 @@ def test_cifar10_reads_records_label_then_planes(tmp_path):
     assert ds.x_train[4, 1, 5, 7] * 255 == pytest.approx(raw[cifar.RECORD + 1 + 1024 + 5 * 32 + 7])
     np.testing.assert_allclose(ds.x_test * 255, pixels[5], atol=1e-4)
     assert ds.input_shape == (3, 32, 32) and ds.num_classes == 10
+
+
+def test_cifar10_second_load_is_memory_mapped_and_equal(tmp_path):
+    write_cifar(tmp_path)
+    first, second = cifar.cifar10(path=str(tmp_path)), cifar.cifar10(path=str(tmp_path))
+    assert isinstance(second.x_train, np.memmap)
+    assert np.array_equal(first.x_train, second.x_train) and np.array_equal(first.y_test, second.y_test)
 
 
 def test_cifar10_finds_the_batches_bin_subdirectory(tmp_path):
@@ -124,6 +140,27 @@ def test_femnist_one_client_per_writer_in_file_order(tmp_path):
     train_w1 = json.loads((tmp_path / "train" / "all_data_0_niid_train.json").read_text())["user_data"]["w1"]
     np.testing.assert_allclose(x.reshape(3, 784), np.asarray(train_w1["x"], np.float32))
     assert len(ds.y_test) == 3 + 2 + 4  # every test example of the three writers
+
+
+def test_leaf_is_parsed_once_then_memory_mapped(tmp_path, private_cache):
+    write_femnist(tmp_path)
+    first = leaf.LeafSplit(tmp_path / "train", "femnist")
+    assert len(list(private_cache.glob("leaf-femnist-*"))) == 1
+    second = leaf.LeafSplit(tmp_path / "train", "femnist")  # another worker: reads the cache
+    assert isinstance(second.x, np.memmap) and not second.x.flags.writeable
+    assert second.users == first.users == ["w0", "w1", "w2"]
+    assert np.array_equal(second.x, first.x) and np.array_equal(second.y, first.y)
+    # a damaged cache is rebuilt (a new file: never truncate one that is mapped);
+    # a changed source file gets a new entry
+    expected = np.array(first.x)
+    damaged = next(private_cache.glob("leaf-femnist-*")) / "x.npy"
+    damaged.unlink()
+    damaged.write_bytes(b"\x93NUMPY garbage")
+    assert np.array_equal(leaf.LeafSplit(tmp_path / "train", "femnist").x, expected)
+    f = tmp_path / "train" / "all_data_1_niid_train.json"
+    f.write_text(json.dumps(leaf_doc({"w9": femnist_user(2, 7, np.random.default_rng(3))})))
+    assert leaf.LeafSplit(tmp_path / "train", "femnist").users == ["w0", "w1", "w9"]
+    assert len(list(private_cache.glob("leaf-femnist-*"))) == 2
 
 
 def test_femnist_fewer_clients_and_test_subsample(tmp_path):

@@ -10,7 +10,9 @@ exactly 3,073 N bytes, which is what the reader checks.
 The "python version" (``cifar-10-batches-py``, files without ``.bin``) is pickled and is
 refused: fedsim never unpickles a file.
 
-Images come out as float32 in [0, 1], shape (N, 3, 32, 32); labels as int64.
+Images come out as float32 in [0, 1], shape (N, 3, 32, 32); labels as int64. The
+converted arrays (740 MB) are kept memory-mapped in the cache (:mod:`.arraycache`), so the
+workers of one machine share them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from fedsim.registry import DATASETS
 
+from .arraycache import Built, memmapped
 from .datasets import Dataset
 
 RECORD = 1 + 3 * 32 * 32
@@ -78,7 +81,13 @@ def cifar10(path: str | None = None, test_fraction: float = 0.2, seed: int = 0) 
     if not path:
         raise FileNotFoundError("dataset 'cifar10' needs data.path: the cifar-10-batches-bin directory")
     d = find_cifar_dir(path)
-    parts = [read_cifar_bin(d / f) for f in TRAIN_FILES]
-    x_test, y_test = read_cifar_bin(d / TEST_FILE)
-    return Dataset(_scale(np.concatenate([x for x, _ in parts])), np.concatenate([y for _, y in parts]),
-                   _scale(x_test), y_test, NUM_CLASSES)
+    files = [d / f for f in (*TRAIN_FILES, TEST_FILE)]
+
+    def build() -> Built:
+        parts = [read_cifar_bin(f) for f in files]
+        x_train, y_train = np.concatenate([x for x, _ in parts[:5]]), np.concatenate([y for _, y in parts[:5]])
+        return {"x_train": _scale(x_train), "y_train": y_train,
+                "x_test": _scale(parts[5][0]), "y_test": parts[5][1]}, {}
+
+    a, _ = memmapped("cifar10", files, "cifar10", build)
+    return Dataset(a["x_train"], a["y_train"], a["x_test"], a["y_test"], NUM_CLASSES)

@@ -20,8 +20,10 @@ order, users in their listed order; ``data.num_clients`` may be at most the numb
 users (the first ones are taken). The held-out test set is the ``test/`` data of those
 users, a seeded subsample of at most ``data.params.max_test`` examples (0: all).
 
-Files are parsed once per process into flat arrays; each client's data is a view.
-A malformed or truncated file is a ValueError naming the file (and the user).
+Files are parsed once into flat arrays kept as memory-mapped ``.npy`` files in the cache
+(:mod:`.arraycache`; a changed file is parsed again), so the workers of a machine share one
+copy; each client's data is a slice. A malformed or truncated file is a ValueError naming
+the file (and the user).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedsim.registry import DATASETS
 
+from .arraycache import Built, memmapped
 from .datasets import NaturalDataset, natural_dataset, validate_params
 
 ALL_LETTERS = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
@@ -122,24 +125,37 @@ def read_leaf_file(path: Path, convert: Converter) -> list[tuple[str, np.ndarray
     return out
 
 
-class LeafSplit:
-    """One of ``train/``, ``test/``: users in order, and their examples in flat arrays."""
+def parse_split(directory: Path, files: list[Path], convert: Converter) -> Built:
+    """Flat arrays ``x``, ``y``, ``offsets`` (user i: ``offsets[i]:offsets[i+1]``) and the users."""
+    rows = [row for f in files for row in read_leaf_file(f, convert)]
+    users = [u for u, _, _ in rows]
+    if len(set(users)) != len(users):
+        raise ValueError(f"LEAF directory {str(directory)!r}: a user appears twice")
+    offsets = np.concatenate([[0], np.cumsum([len(y) for _, _, y in rows])]).astype(np.int64)
+    arrays = {"x": np.concatenate([x for _, x, _ in rows]), "y": np.concatenate([y for _, _, y in rows]),
+              "offsets": offsets}
+    return arrays, {"users": users}
 
-    def __init__(self, directory: Path, convert: Converter) -> None:
+
+class LeafSplit:
+    """One of ``train/``, ``test/``: users in order, and their examples in flat arrays.
+
+    Parsed once and kept memory-mapped (:mod:`.arraycache`): workers share one copy.
+    """
+
+    def __init__(self, directory: Path, kind: str) -> None:
         files = sorted(directory.glob("*.json"))
         if not files:
             raise FileNotFoundError(f"LEAF directory {str(directory)!r} has no .json files "
                                     "(data.path must hold LEAF's train/ and test/)")
-        rows = [row for f in files for row in read_leaf_file(f, convert)]
-        self.users = [u for u, _, _ in rows]
-        if len(set(self.users)) != len(self.users):
-            raise ValueError(f"LEAF directory {str(directory)!r}: a user appears twice")
+        arrays, meta = memmapped(f"leaf-{kind}", files, kind,
+                                 lambda: parse_split(directory, files, CONVERTERS[kind]))
+        self.users: list[str] = meta["users"]
         self.index = {u: i for i, u in enumerate(self.users)}
-        self.offsets = np.concatenate([[0], np.cumsum([len(y) for _, _, y in rows])]).astype(np.int64)
-        self.x = np.concatenate([x for _, x, _ in rows])
-        self.y = np.concatenate([y for _, _, y in rows])
-        self.x.flags.writeable = False
-        self.y.flags.writeable = False
+        self.x, self.y, self.offsets = arrays["x"], arrays["y"], np.asarray(arrays["offsets"])
+        for a in (self.x, self.y):
+            if a.flags.writeable:
+                a.flags.writeable = False
 
     def user(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.offsets[i], self.offsets[i + 1]
@@ -148,7 +164,7 @@ class LeafSplit:
 
 @functools.lru_cache(maxsize=2)
 def _split(directory: str, kind: str) -> LeafSplit:
-    return LeafSplit(Path(directory), CONVERTERS[kind])
+    return LeafSplit(Path(directory), kind)
 
 
 class LeafClients:
