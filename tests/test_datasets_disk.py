@@ -274,3 +274,12 @@ def test_fashion_mnist_is_looked_for_where_make_data_puts_it(tmp_path, monkeypat
     monkeypatch.setenv("FEDSIM_CACHE", str(tmp_path))
     assert datasets.fashion_mnist_dirs()[0] == "/usr/share/datasets/fashion-mnist"
     assert datasets.fashion_mnist_dirs()[-1] == str(tmp_path / "datasets" / "fashion-mnist")
+
+
+def test_cached_arrays_are_copy_on_write(tmp_path):
+    write_cifar(tmp_path, per_file=1)
+    cifar.cifar10(path=str(tmp_path))
+    ds = cifar.cifar10(path=str(tmp_path))
+    before = np.array(ds.x_test)
+    ds.x_test[0, 0, 0, 0] = 7.0  # private to this mapping: the file keeps its bytes
+    assert np.array_equal(cifar.cifar10(path=str(tmp_path)).x_test, before)

@@ -2,8 +2,10 @@
 
 A dataset parsed from slow sources (LEAF's JSON) is written once under
 ``cache_dir()/<name>-<digest>/`` as one ``.npy`` per array plus ``meta.json``; every later
-load, in any process, memory-maps the arrays read-only, so K workers on one machine share
-one copy in the page cache instead of holding K. The digest covers each source file's
+load, in any process, memory-maps the arrays copy-on-write (``mmap_mode="c"``: pages are
+shared until written, a write stays private and never reaches the file; torch takes them
+without its read-only warning), so K workers on one machine share one copy in the page
+cache instead of holding K. The digest covers each source file's
 resolved path, size and modification time, and a format version: a changed file gives a
 new entry. Nothing is pickled (``allow_pickle=False`` both ways). A cache that cannot be
 read is rebuilt; one that cannot be written (read-only home) is skipped.
@@ -38,7 +40,7 @@ def digest(sources: Sequence[Path], tag: str) -> str:
 
 def _read(d: Path) -> Built:
     meta = json.loads((d / "meta.json").read_text())
-    arrays = {k: np.load(d / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in meta["arrays"]}
+    arrays = {k: np.load(d / f"{k}.npy", mmap_mode="c", allow_pickle=False) for k in meta["arrays"]}
     return arrays, meta["meta"]
 
 
