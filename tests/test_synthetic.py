@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from fedsim.data import synthetic as sy
 from fedsim.data.datasets import client_sizes, load_dataset, load_partition
@@ -46,6 +47,18 @@ def test_client_data_is_the_same_in_any_order_and_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == a[0][0].tobytes().hex()[:400]
     assert " ".join(out[1:]) == str(a[0][1].tolist())
+
+
+@given(seed=st.integers(0, 2**32 - 1), client=st.integers(0, 10**6), n=st.integers(1, 300),
+       alpha=st.floats(0, 10), beta=st.floats(0, 10), iid=st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_any_client_is_well_formed_and_reproducible(seed, client, n, alpha, beta, iid):
+    p = P(alpha=alpha, beta=beta, iid=iid)
+    x, y = sy.client_data.__wrapped__(seed, client, n, p)
+    x2, y2 = sy.client_data.__wrapped__(seed, client, n, p)
+    assert x.shape == (n, 60) and y.shape == (n,) and np.isfinite(x).all()
+    assert ((0 <= y) & (y < 10)).all()
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)
 
 
 def test_different_clients_and_seeds_differ():
