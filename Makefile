@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 CONFIG  ?= configs/quickstart.yaml
 STAMP   := $(VENV)/.fedsim-setup
 
-.PHONY: setup run test test-fast bench clean
+.PHONY: setup run test test-fast bench data clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,25 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python benchmarks/engine_overhead.py
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist (docs/datasets.md): nothing to do where the
+# package is installed; otherwise the .deb is fetched with apt-get download (no root needed)
+# and its four IDX files are unpacked into $(FASHION_DIR), where fedsim looks for them.
+FASHION_DIR ?= $${FEDSIM_CACHE:-$$HOME/.cache/fedsim}/datasets/fashion-mnist
+
+data:
+	@if ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>&1; then \
+	  echo "Fashion-MNIST: installed by dataset-fashion-mnist in /usr/share/datasets/fashion-mnist"; \
+	elif ls $(FASHION_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1; then \
+	  echo "Fashion-MNIST: already in $(FASHION_DIR)"; \
+	else \
+	  tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  (cd "$$tmp" && apt-get download dataset-fashion-mnist) || \
+	    { echo "apt-get download dataset-fashion-mnist failed (run apt-get update; Debian bookworm or later)"; exit 1; }; \
+	  dpkg-deb -x "$$tmp"/dataset-fashion-mnist_*.deb "$$tmp/root" && mkdir -p $(FASHION_DIR) && \
+	  cp "$$tmp"/root/usr/share/datasets/fashion-mnist/*-ubyte.gz $(FASHION_DIR)/ && \
+	  echo "Fashion-MNIST: IDX files in $(FASHION_DIR)" && ls -l $(FASHION_DIR); \
+	fi
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -52,10 +52,10 @@ def query(msg: Message, context: Context) -> Message:
     out: dict[str, int] = {"partition-id": cid, "num-partitions": int(context.node_config.get("num-partitions", 0))}
     cfg = msg.content.config_records.get(CONFIG)
     if cfg is not None and SPEC_KEY in cfg:
-        from fedsim.data.datasets import client_indices
+        from fedsim.data.datasets import client_sizes
 
         spec = parse_spec(str(cfg[SPEC_KEY]))
-        out["num-examples"] = len(client_indices(spec.data, spec.seed)[cid])
+        out["num-examples"] = int(client_sizes(spec.data, spec.seed)[cid])
     return Message(RecordDict({METRICS: MetricRecord(out)}), reply_to=msg)
 
 

@@ -36,20 +36,27 @@ class PluginSpec(_Model):
 
 
 class PartitionConfig(_Model):
-    """How the training set is split over clients (all seeded)."""
+    """How the training set is split over clients (all seeded).
 
-    kind: Literal["iid", "dirichlet", "shards"] = "dirichlet"
+    ``natural``: the dataset comes split by client (synthetic, femnist, shakespeare) and
+    must be given this kind; the others must not (see :mod:`fedsim.data.datasets`).
+    """
+
+    kind: Literal["iid", "dirichlet", "shards", "natural"] = "dirichlet"
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration (smaller = more label skew)")
     shards_per_client: int = Field(2, ge=1)
-    min_size: int = Field(2, ge=1, description="each client gets at least this many examples")
+    min_size: int = Field(2, ge=1, description="each client gets at least this many examples (iid, dirichlet)")
 
 
 class DataConfig(_Model):
     name: str = "mnist5k"
-    path: str | None = Field(None, description="directory of IDX files, for IDX datasets")
+    path: str | None = Field(None, description="where the dataset's files are (IDX directory, .npz file, "
+                                               "CIFAR-10 binary directory, LEAF directory)")
     num_clients: int = Field(100, ge=1)
     partition: PartitionConfig = PartitionConfig()
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share, for datasets without a test split")
+    params: dict[str, Any] = Field(default_factory=dict, description="the dataset loader's own parameters "
+                                   "(synthetic: alpha, beta, ...), checked by check_plugins")
 
 
 class ModelConfig(_Model):
@@ -281,3 +288,6 @@ def check_plugins(cfg: Config) -> None:
                 check_params(f"{registry.kind} {name!r}", getattr(factory, "params_target", factory), params)
         except PluginError as err:
             raise ConfigError(f"config key {key!r}: {err}") from None
+    from fedsim.data.datasets import check_data
+
+    check_data(cfg.data)  # data.params, and data.partition.kind against the dataset
