@@ -77,3 +77,17 @@ def test_least_recently_used_spills_first_and_files_are_removed_on_restore(tmp_p
 def test_object_arrays_are_refused(tmp_path):
     with pytest.raises(TypeError, match="numeric"):
         SpillStore(tmp_path, 10).put(0, {"r": {"k": np.array([object()], dtype=object)}})
+
+
+def test_export_writes_every_client_without_restoring_the_spilled(tmp_path):
+    store = SpillStore(tmp_path / "spill", max_bytes=50)
+    states = {c: {"fedsim.state": {"0.mem": np.full(10, c, dtype=np.float32)}} for c in range(4)}
+    for c, st_ in states.items():
+        store.put(c, st_)
+    assert store.spills == 3
+    assert store.export(tmp_path / "ckpt") == [0, 1, 2, 3]
+    assert store.restores == 0 and store.bytes_in_memory == 40  # nothing came back into memory
+    for c, st_ in states.items():
+        assert same(read_state(tmp_path / "ckpt" / f"client-{c}.npz"), st_)
+    assert same(store.get(0), states[0])  # restoring a spilled client leaves the exported file intact
+    assert same(read_state(tmp_path / "ckpt" / "client-0.npz"), states[0])

@@ -174,13 +174,7 @@ class PoolWorker:
 
     def save_states(self, directory: str) -> list[int]:
         """Write every client's state as ``<directory>/client-<id>.npz``; return the clients."""
-        from fedsim.state import write_state
-
-        done = []
-        for client in self.store.clients():
-            write_state(Path(directory) / f"client-{client}.npz", self.store.get(client))
-            done.append(client)
-        return done
+        return self.store.export(directory)
 
     def load_states(self, directory: str, clients: list[int]) -> int:
         """Take the states of ``clients`` from ``<directory>/client-<id>.npz``."""
