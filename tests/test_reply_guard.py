@@ -256,3 +256,28 @@ def test_clients_jsonl_rows_are_strict_json_with_the_reason(tmp_path):
     assert row["train_loss"] is None and row["test_loss"] is None
     rows = [json.loads(line) for line in (tmp_path / "clients.jsonl").read_text().splitlines()]
     assert [r["reason"] for r in rows if r["status"] == "rejected"] == ["ZeroDivisionError: boom"]
+
+
+def test_a_nested_update_the_screen_refuses_is_left_out_of_the_running_mean():
+    """Payload-consuming strategies screen what they decode (wrapper.screen: finite, norm bound)."""
+    from fedsim.codecs.model import encode_update, init_states
+    from fedsim.codecs.nested import Ndqsg
+    from fedsim.strategies.nested_dithering import decode_nested_group
+
+    n, infos, codec = 256, [TensorInfo("w", (256,))], Ndqsg(m1=3, m2=1, bucket=64)
+    rng = np.random.default_rng(0)
+    mean = rng.standard_normal(n).astype(np.float32)
+    payloads = {c: encode_update(codec, [mean + np.float32(0.01 * c)], infos, init_states(codec, infos), 7, 3, c)[0]
+                for c in (1, 2, 3)}
+    refused = []
+
+    def screen(client, update):
+        if client == 2:
+            refused.append(client)
+            return False
+        return True
+
+    out = decode_nested_group(codec, payloads, infos, 7, 3, [mean], count=1, screen=screen)
+    alone = decode_nested_group(codec, {c: payloads[c] for c in (1, 3)}, infos, 7, 3, [mean], count=1)
+    assert refused == [2] and sorted(out.accepted) == [1, 3] and out.rejected == []
+    np.testing.assert_array_equal(out.side[0], alone.side[0])  # as if client 2 had not replied

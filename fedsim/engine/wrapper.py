@@ -397,6 +397,20 @@ class FedsimWrapper(Strategy):
             if norm > bound:
                 raise PayloadError(f"update norm {norm:.6g} exceeds validation.max_update_norm = {bound:g}")
 
+    def screen(self, client: int, update: Sequence[np.ndarray]) -> bool:
+        """:meth:`check_update` for a payload-consuming strategy: False, and the client
+        rejected with the reason, if ``update`` (decoded by the strategy) fails it."""
+        try:
+            self.check_update(update)
+        except PayloadError as err:
+            entry = next((e for e in self._pending.values() if e.client == client and e.status == "ok"), None)
+            if entry is not None:
+                self.reject(entry, err)
+            else:
+                log.warning("round %d: update of client %d refused: %s", self.context.server_round, client, err)
+            return False
+        return True
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted = [got for got in map(self.accept, replies) if got is not None]
         if self.network is not None:
