@@ -52,6 +52,13 @@ SPECIAL = [np.nan, np.inf, -np.inf, F32_MAX, -F32_MAX, 1e38, 3e38, 1e30, 1e-45, 
            65520.0, 1e5]
 
 
+# key respellings weigh three times: they are the likeliest foreign-client mistake
+MUTATIONS = ["index"] * 3 + ["field", "drop", "extra", "alias", "dtype", "shape", "value", "scale", "bytes", "object"]
+RESHAPES = {"flat": lambda a: a.reshape(-1), "2d": lambda a: a.reshape(1, -1), "cut": lambda a: a.reshape(-1)[:-1],
+            "grow": lambda a: np.concatenate([a.reshape(-1), a.reshape(-1)[:1]]), "empty": lambda a: a.reshape(-1)[:0],
+            "scalar": lambda a: a.reshape(-1)[0] if a.size else a}
+
+
 def test_every_registered_codec_is_fuzzed():
     assert set(CODECS.names()) == set(CODEC_PARAMS)
 
@@ -79,8 +86,7 @@ def mutate(payload: dict, data: st.DataObject) -> dict:
     """Apply one random mutation to a copy of ``payload``."""
     out = dict(payload)
     keys = sorted(out)
-    kind = data.draw(st.sampled_from(["index", "index", "index", "field", "drop", "extra", "dtype", "shape", "value", "scale",
-                                      "bytes", "object", "alias"]), label="mutation")
+    kind = data.draw(st.sampled_from(MUTATIONS), label="mutation")
     key = data.draw(st.sampled_from(keys), label="key") if keys else None
     if key is None:
         out["0.x"] = np.zeros(3, np.float32)
@@ -104,10 +110,7 @@ def mutate(payload: dict, data: st.DataObject) -> dict:
         with np.errstate(all="ignore"):
             out[key] = arr.astype(dt)
     elif kind == "shape":
-        how = data.draw(st.sampled_from(["flat", "2d", "cut", "grow", "empty", "scalar"]))
-        out[key] = {"flat": lambda a: a.reshape(-1), "2d": lambda a: a.reshape(1, -1),
-                    "cut": lambda a: a.reshape(-1)[:-1], "grow": lambda a: np.concatenate([a.reshape(-1), a.reshape(-1)[:1]]),
-                    "empty": lambda a: a.reshape(-1)[:0], "scalar": lambda a: a.reshape(-1)[0] if a.size else a}[how](arr)
+        out[key] = RESHAPES[data.draw(st.sampled_from(sorted(RESHAPES)))](arr)
     elif kind == "value" and arr.size:
         a = arr.copy()
         pos = data.draw(st.integers(0, a.size - 1))

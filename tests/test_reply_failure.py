@@ -49,10 +49,10 @@ def test_null_switches_both_checks_off():
         p.after_round(rnd, entries("failed", "failed"), model_updated=False)
 
 
-@pytest.mark.parametrize(("key", "value"), [("failure.max_failed_fraction", "0"), ("failure.max_failed_fraction", "1.5"),
-                                            ("failure.max_consecutive_bad_rounds", "0"),
-                                            ("validation.max_update_norm", "-1"), ("validation.max_update_norm", ".inf"),
-                                            ("validation.examples_tolerance", "2")])
+@pytest.mark.parametrize(("key", "value"), [
+    ("failure.max_failed_fraction", "0"), ("failure.max_failed_fraction", "1.5"),
+    ("failure.max_consecutive_bad_rounds", "0"), ("validation.max_update_norm", "-1"),
+    ("validation.max_update_norm", ".inf"), ("validation.examples_tolerance", "2")])
 def test_bad_limits_are_config_errors(cfg_factory, key, value):
     with pytest.raises(ConfigError, match=key.split(".")[1]):
         cfg_factory(f"{key}={value}")

@@ -43,7 +43,8 @@ STATE_KEY = re.compile(r"(0|[1-9][0-9]*)\.(.+)", re.DOTALL)
 """A persisted client-state key: the same index, any field name (``"inner.e"``)."""
 
 
-def unflatten(flat: Mapping[str, np.ndarray], n: int, pattern: re.Pattern[str] = STATE_KEY) -> list[dict[str, np.ndarray]]:
+def unflatten(flat: Mapping[str, np.ndarray], n: int,
+              pattern: re.Pattern[str] = STATE_KEY) -> list[dict[str, np.ndarray]]:
     """{"i.field": array} -> [{field: array}] for i < n; any other key is a PayloadError.
 
     Keys must ``fullmatch`` ``pattern`` (:data:`STATE_KEY` by default, :data:`PAYLOAD_KEY`
