@@ -65,6 +65,17 @@ def all_finite(arrays: ArrayRecord) -> bool:
     return all(np.isfinite(a).all() for a in arrays.to_numpy_ndarrays() if a.dtype.kind in "fc")
 
 
+def _squared_norm(a: np.ndarray) -> float:
+    """``sum a**2`` of a finite array: a float32 dot (BLAS), redone in float64 if it overflowed."""
+    x = np.ascontiguousarray(a).reshape(-1)
+    with np.errstate(over="ignore"):
+        sq = float(np.dot(x, x))
+    if not math.isfinite(sq):  # beyond ~3.4e38: only huge updates pay for the float64 copy
+        x64 = x.astype(np.float64)
+        sq = float(np.dot(x64, x64))
+    return sq
+
+
 def sample_clients(seed: int, server_round: int, available: Sequence[int], k: int) -> list[int]:
     """``k`` distinct client ids from ``available``, drawn from (seed, round); sorted."""
     if k > len(available):
@@ -392,8 +403,7 @@ class FedsimWrapper(Strategy):
                 raise PayloadError(f"{info.name}: the decoded update is not finite")
         bound = self.validation.max_update_norm
         if bound is not None:
-            norm = math.sqrt(sum(float(np.dot(d.ravel().astype(np.float64), d.ravel().astype(np.float64)))
-                                 for d in update))
+            norm = math.sqrt(sum(_squared_norm(d) for d in update))
             if norm > bound:
                 raise PayloadError(f"update norm {norm:.6g} exceeds validation.max_update_norm = {bound:g}")
 
