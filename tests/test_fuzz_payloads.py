@@ -1,7 +1,7 @@
 """Fuzz: random and adversarial payloads for every registered codec.
 
 Each case starts from an honest payload (a random update encoded by the codec) and
-applies a few random mutations: key respellings (non-ASCII and fullwidth digits, leading
+applies a few random mutations (or replaces it by a random dict): key respellings (non-ASCII and fullwidth digits, leading
 zeros, signs, case, whitespace), missing and extra keys, dtypes and byte orders, shapes,
 NaN/inf, huge and tiny finite values, extreme scales, random and out-of-range packed
 bytes, non-array values. The property: the server either rejects the payload with a
@@ -53,7 +53,9 @@ SPECIAL = [np.nan, np.inf, -np.inf, F32_MAX, -F32_MAX, 1e38, 3e38, 1e30, 1e-45, 
 
 
 # key respellings weigh three times: they are the likeliest foreign-client mistake
-MUTATIONS = ["index"] * 3 + ["field", "drop", "extra", "alias", "dtype", "shape", "value", "scale", "bytes", "object"]
+MUTATIONS = ["index"] * 3 + ["field", "drop", "extra", "alias", "dtype", "shape", "value", "scale", "bytes", "object",
+                             "random"]
+FIELDS = ["x", "sym", "scale", "norm", "idx", "val"]
 RESHAPES = {"flat": lambda a: a.reshape(-1), "2d": lambda a: a.reshape(1, -1), "cut": lambda a: a.reshape(-1)[:-1],
             "grow": lambda a: np.concatenate([a.reshape(-1), a.reshape(-1)[:1]]), "empty": lambda a: a.reshape(-1)[:0],
             "scalar": lambda a: a.reshape(-1)[0] if a.size else a}
@@ -87,6 +89,15 @@ def mutate(payload: dict, data: st.DataObject) -> dict:
     out = dict(payload)
     keys = sorted(out)
     kind = data.draw(st.sampled_from(MUTATIONS), label="mutation")
+    if kind == "random":  # a whole random dict: plausible keys, random dtypes, shapes and bytes
+        rand = {}
+        for _ in range(data.draw(st.integers(0, 6))):
+            index = data.draw(st.sampled_from(["0", "1", "2", *INDEX_SPELLINGS]))
+            dt = np.dtype(data.draw(st.sampled_from(DTYPES)))
+            size = data.draw(st.integers(0, 40))
+            raw = data.draw(st.binary(min_size=size * dt.itemsize, max_size=size * dt.itemsize))
+            rand[f"{index}.{data.draw(st.sampled_from(FIELDS + FIELD_SPELLINGS))}"] = np.frombuffer(raw, dtype=dt).copy()
+        return rand
     key = data.draw(st.sampled_from(keys), label="key") if keys else None
     if key is None:
         out["0.x"] = np.zeros(3, np.float32)
