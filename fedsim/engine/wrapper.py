@@ -397,10 +397,12 @@ class FedsimWrapper(Strategy):
         return out
 
     def check_update(self, update: Sequence[np.ndarray]) -> None:
-        """A decoded update must be finite, and within ``validation.max_update_norm`` if set."""
-        for d, info in zip(update, self.context.infos):
+        """A decoded update (one array a tensor, or one flat vector) must be finite, and
+        within ``validation.max_update_norm`` if set; PayloadError otherwise."""
+        names = [i.name for i in self.context.infos] if len(update) == len(self.context.infos) else None
+        for k, d in enumerate(update):
             if not np.isfinite(d).all():
-                raise PayloadError(f"{info.name}: the decoded update is not finite")
+                raise PayloadError(f"{names[k] if names else 'update'}: the decoded update is not finite")
         bound = self.validation.max_update_norm
         if bound is not None:
             norm = math.sqrt(sum(_squared_norm(d) for d in update))
