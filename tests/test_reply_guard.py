@@ -216,14 +216,34 @@ def test_update_norm_bound():
     assert w.stats.replied == 4
 
 
-def test_a_non_finite_aggregate_is_refused_and_counted():
-    """base + update overflows float32: every update is finite, the aggregate is not."""
+def test_an_update_that_overflows_the_model_is_rejected():
+    """Every update finite, but model + update overflows float32 for client 1."""
     def big(cid):
         payload, metrics = honest(cid)
         return {k: np.full(v.shape, 3e38, np.float32) for k, v in payload.items()}, metrics
 
-    clients = Clients({c: big for c in SIZES})
-    w, arrays = one_round(clients, base=3e38)
+    w, arrays = one_round(Clients({1: big}), base=1e38)
+    assert status(w)[1] == ("rejected", "the model plus this update overflows float32")
+    assert_model(arrays, expected_mean([0, 2, 3], base=1e38))
+
+
+class NaNStrategy:
+    """A (buggy) plugin strategy whose aggregate is NaN: what the wrapper must not pass on."""
+
+    def __init__(self) -> None:
+        self.inner = STRATEGIES.build("fedavg")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def aggregate_train(self, server_round, replies):
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        names, values = arrays.keys(), arrays.to_numpy_ndarrays()
+        return to_record({k: np.full(a.shape, np.nan, np.float32) for k, a in zip(names, values)}), metrics
+
+
+def test_a_non_finite_aggregate_is_refused_and_counted():
+    w, arrays = one_round(Clients(), inner=NaNStrategy())
     assert arrays is None and w.stats.model_refused == 1
     assert w.stats.replied == 4  # the replies were valid; the model is what is refused
 

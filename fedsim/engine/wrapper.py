@@ -470,17 +470,22 @@ class FedsimWrapper(Strategy):
             except PayloadError as err:
                 deltas.pop(c)
                 self.reject(by_client[c], err)
+        used = []
+        for msg, (node, client, _, metrics) in accepted:
+            if client not in deltas:
+                continue
+            with np.errstate(over="ignore"):
+                full = {i.name: b + d for i, b, d in zip(ctx.infos, ctx.base[node], deltas[client])}
+            if not all(np.isfinite(v).all() for v in full.values()):
+                self.reject(by_client[client], PayloadError("the model plus this update overflows float32"))
+                continue
+            used.append((msg, full, metrics))
         # Flower's strategies aggregate the metrics key by key over every reply: hand them
         # the metrics all of this round's replies carry (the required ones always)
-        used = [(msg, node, client, metrics) for msg, (node, client, _, metrics) in accepted if client in deltas]
         common = set.intersection(*(set(m) for *_, m in used)) if used else set()
-        out = []
-        for msg, node, client, metrics in used:
-            full = {i.name: b + d for i, b, d in zip(ctx.infos, ctx.base[node], deltas[client])}
-            content = RecordDict({ARRAYS: to_record(full),
-                                  METRICS: MetricRecord({k: v for k, v in metrics.items() if k in common})})
-            out.append(Message(content=content, metadata=msg.metadata))
-        return out
+        return [Message(content=RecordDict({ARRAYS: to_record(full), METRICS: MetricRecord(
+                    {k: v for k, v in metrics.items() if k in common})}), metadata=msg.metadata)
+                for msg, full, metrics in used]
 
     def _settle(self, server_round: int) -> set[int]:
         """Timing of every client that ran; statuses; which updates arrive in time."""
