@@ -110,6 +110,28 @@ class SimulationConfig(_Model):
         return data
 
 
+class ValidationConfig(_Model):
+    """What the server checks in every reply beyond the wire format (docs/robustness.md)."""
+
+    max_update_norm: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="reject a decoded update whose L2 norm (all tensors) exceeds this; null: no bound")
+    examples_tolerance: float = Field(
+        0.0, ge=0, le=1, allow_inf_nan=False,
+        description="relative tolerance of a reply's num-examples against the size known from discovery")
+
+
+class FailureConfig(_Model):
+    """When a run stops instead of going on (fedsim.engine.failure)."""
+
+    max_failed_fraction: float | None = Field(
+        0.5, gt=0, le=1, allow_inf_nan=False,
+        description="stop when more than this fraction of the client-rounds so far failed (crashed or "
+                    "never replied); null: never")
+    max_consecutive_bad_rounds: int | None = Field(
+        5, ge=1, description="stop after this many rounds in a row that left the model unchanged; null: never")
+
+
 class OutputConfig(_Model):
     dir: str = "runs"
     plots: bool = True
@@ -133,6 +155,8 @@ class Config(_Model):
     attack: AttackConfig | None = None
     network: NetworkConfig | None = Field(None, description="device and network model (off: every client, instantly)")
     simulation: SimulationConfig = SimulationConfig()
+    validation: ValidationConfig = ValidationConfig()
+    failure: FailureConfig = FailureConfig()
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")

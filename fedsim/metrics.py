@@ -5,13 +5,16 @@ Each round's row holds: ``round``, ``test_accuracy``, ``test_loss`` (server-side
 held-out test set), ``train_loss`` (mean over the clients that replied, weighted by
 examples), ``sampled``, ``replied``, ``rejected``, ``failed``, ``bytes_up`` and
 ``bytes_down`` (real payload bytes of that round: every reply that arrived, and every
-model sent), their running totals, and ``wall_time`` (seconds since the first round).
+model sent), their running totals, ``model_refused`` (1 when the aggregate was not finite
+and the previous model was kept) and ``wall_time`` (seconds since the first round).
+Every file is strict JSON: a non-finite value (a diverged loss) is written as ``null``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
@@ -38,6 +41,26 @@ def make_run_dir(base: str | Path, name: str) -> Path:
     raise RuntimeError(f"could not make a run directory under {root}")
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, recursively.
+
+    JSON has no NaN (Python's ``json`` writes a bare ``NaN`` that other readers refuse):
+    a diverged loss or accuracy is written as ``null``.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_line(value: Any) -> str:
+    """One JSON line, non-finite floats as null (:func:`json_safe`)."""
+    return json.dumps(json_safe(value), allow_nan=False) + "\n"
+
+
 class Recorder:
     """Appends round rows and client rows as they come; writes the CSV and summary at the end."""
 
@@ -51,16 +74,17 @@ class Recorder:
         self._cum_down = 0
 
     def round(self, row: Mapping[str, Any], clients: Iterable[Any] = ()) -> dict[str, Any]:
-        out = dict(row)
-        self._cum_up += int(out.get("bytes_up", 0))
-        self._cum_down += int(out.get("bytes_down", 0))
+        """Append a round's row (non-finite values become None) and its clients; return the row."""
+        out: dict[str, Any] = json_safe(dict(row))
+        self._cum_up += int(out.get("bytes_up") or 0)
+        self._cum_down += int(out.get("bytes_down") or 0)
         out["cum_bytes_up"] = self._cum_up
         out["cum_bytes_down"] = self._cum_down
         self.rows.append(out)
-        self._metrics.write(json.dumps(out) + "\n")
+        self._metrics.write(json_line(out))
         self._metrics.flush()
         for c in clients:
-            self._clients.write(json.dumps(asdict(c) if hasattr(c, "__dataclass_fields__") else dict(c)) + "\n")
+            self._clients.write(json_line(asdict(c) if hasattr(c, "__dataclass_fields__") else dict(c)))
         self._clients.flush()
         return out
 
@@ -99,8 +123,9 @@ def summarize(rows: list[dict[str, Any]], target: float | None = None) -> dict[s
         "final_loss": evals[-1]["test_loss"] if evals else None,
         "total_bytes_up": int(last.get("cum_bytes_up", 0)),
         "total_bytes_down": int(last.get("cum_bytes_down", 0)),
-        "rejected": int(sum(r.get("rejected", 0) for r in rows)),
-        "failed": int(sum(r.get("failed", 0) for r in rows)),
+        "rejected": int(sum(r.get("rejected") or 0 for r in rows)),
+        "failed": int(sum(r.get("failed") or 0 for r in rows)),
+        "model_refused": int(sum(r.get("model_refused") or 0 for r in rows)),
         "wall_time": float(last.get("wall_time", 0.0)),
     }
     if target is not None:

@@ -11,7 +11,9 @@ Instruction (server -> client), a fresh ``RecordDict`` per client:
 Reply (client -> server):
 
 - ``"payload"``: ``ArrayRecord`` of the codec payload, keys ``"<tensor>.<field>"``;
-- ``"metrics"``: ``MetricRecord`` with ``num-examples`` (> 0), ``train-loss``, ``steps``.
+- ``"metrics"``: ``MetricRecord`` with ``num-examples`` (> 0), ``train-loss`` (finite) and
+  optionally the other :data:`REPLY_METRICS`; the server drops any other key (and checks
+  ``num-examples`` against the size the client reported at discovery).
 
 Flower's ``Array`` decodes with ``np.load(allow_pickle=False)``; on top of that, the
 serialized size of every reply is checked before anything is deserialised.
@@ -36,6 +38,8 @@ ROUND_KEY = "fedsim.round"
 ATTACK_KEY = "fedsim.attack"
 TASK_KEY = "fedsim.task"
 REQUIRED_METRICS = ("num-examples", "train-loss")
+OPTIONAL_METRICS = ("steps", "train-s", "encode-s", "numpy-trainer", "ef21-L")
+REPLY_METRICS = REQUIRED_METRICS + OPTIONAL_METRICS  # what a reply's metrics may hold (docs/wire-format.md)
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:

@@ -357,9 +357,7 @@ class EF21W(ServerEvaluatedStrategy):
             client = node_to_client[msg.metadata.src_node_id]
             payload = {k: a.numpy() for k, a in msg.content.array_records[PAYLOAD].items()}
             c = self._wire_for(client).decode(payload, seed, server_round, client)
-            if not np.isfinite(c).all():
-                log.warning("round %d: EF21 message of client %d decodes to non-finite values; dropped",
-                            server_round, client)
+            if not self.wrapper.screen(client, [c]):  # finite, within validation.max_update_norm: else rejected
                 continue
             received[client] = c
             metrics = msg.content.metric_records[METRICS]

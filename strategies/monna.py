@@ -236,6 +236,8 @@ class MoNNA(ServerEvaluatedStrategy):
             client = ctx.node_to_client[msg.metadata.src_node_id]
             payload = {k: a.numpy() for k, a in msg.content.array_records[PAYLOAD].items()}
             step = decode_update(ctx.codec, payload, ctx.infos, ctx.seed, server_round, client)
+            if not w.screen(client, step):  # finite, within validation.max_update_norm
+                continue
             halves[client] = self.models[client] + np.concatenate([s.ravel() for s in step]).astype(np.float32)
             m = msg.content.metric_records["metrics"]
             weights.append(float(m["num-examples"]))

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,6 +163,7 @@ def decode_nested_group(
     side: Update,
     count: int,
     max_failure_fraction: float = 0.0,
+    screen: Callable[[int, Update], bool] | None = None,
 ) -> NestedDecode:
     """Decode nested clients in client order with the running mean as side information.
 
@@ -176,6 +177,8 @@ def decode_nested_group(
     max_failure_fraction : a client is accepted (and folded into the running mean) when its
         detectable failures are at most this fraction of its coordinates, or when the
         codec's repair is exact (:func:`repair_is_exact`): its failures are then all fixed.
+    screen : optional ``screen(client, update) -> bool``: an update it refuses (the
+        wrapper's finiteness and norm checks, which reject the client) is left out.
     """
     exact = repair_is_exact(codec)
     mean = [np.array(y, dtype=np.float32, copy=True) for y in side]
@@ -189,6 +192,8 @@ def decode_nested_group(
         out.coordinates += stats["coordinates"]
         if not exact and stats["detectable_failures"] > max_failure_fraction * stats["coordinates"]:
             out.rejected.append(client)
+            continue
+        if screen is not None and not screen(client, g):
             continue
         out.accepted[client] = g
         _fold(mean, count, g)
@@ -336,8 +341,10 @@ class NestedDitheredQuantization(ServerEvaluatedStrategy):
         refs: dict[int, Update] = {}
         for client, (payload, _) in sorted(got[REFERENCE].items()):
             parts = unflatten(payload, len(infos))
-            refs[client] = [self._reference.decode(p, info, c)
-                            for p, info, c in zip(parts, infos, contexts(len(infos), seed, server_round, client))]
+            ref = [self._reference.decode(p, info, c)
+                   for p, info, c in zip(parts, infos, contexts(len(infos), seed, server_round, client))]
+            if self._wrapper.screen(client, ref):  # finite, within validation.max_update_norm
+                refs[client] = ref
         m["failure_estimate_loo"] = _loo_estimate(list(refs.values()), self._nested, infos)
         if refs:
             side, count = [np.mean([r[t] for r in refs.values()], axis=0) for t in range(len(infos))], len(refs)
@@ -350,7 +357,8 @@ class NestedDitheredQuantization(ServerEvaluatedStrategy):
                         "round skipped (model kept)", server_round)
             return None, None
         nested = decode_nested_group(self._nested, {c: p for c, (p, _) in got[NESTED].items()},
-                                     infos, seed, server_round, side, count, self.client_failure_threshold)
+                                     infos, seed, server_round, side, count, self.client_failure_threshold,
+                                     screen=self._wrapper.screen)
         m["nested_failure_fraction"] = _finite(nested.failure_fraction)
         if (not refs and nested.coordinates and not repair_is_exact(self._nested)
                 and nested.failure_fraction > self.stale_failure_threshold):

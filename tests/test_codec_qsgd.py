@@ -51,7 +51,7 @@ def test_codec_round_trip_bits_and_validation() -> None:
     assert np.all(np.isin(np.round(x_hat.reshape(-1, 512) / norms[:, None], 5), [-1.0, 0.0, 1.0]))
     with pytest.raises(PayloadError, match="not a valid packing"):
         validate_payload(codec, dict(payload, sym=np.full_like(payload["sym"], 243)), info)
-    with pytest.raises(PayloadError, match=">= 0"):
+    with pytest.raises(PayloadError, match="must lie in"):
         validate_payload(codec, dict(payload, norm=-payload["norm"]), info)
     with pytest.raises(PayloadError, match="shape"):
         validate_payload(codec, dict(payload, norm=payload["norm"][:2]), info)

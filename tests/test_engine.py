@@ -76,8 +76,9 @@ def test_fedavg_through_fedsim_equals_hand_fedavg(tmp_path, cfg_factory):
     cfg = cfg_factory("rounds=1", "data.partition.kind=dirichlet", "data.partition.alpha=1.0")
     grid = InProcessGrid(app, cfg.data.num_clients)
     wrapper = build_wrapper(cfg)
-    mapping = discover(grid, list(grid.get_node_ids()), 10)
-    wrapper.bind_nodes(mapping)
+    sizes: dict[int, int] = {}  # the FedAvg weights: each client's size, from discovery
+    mapping = discover(grid, list(grid.get_node_ids()), 10, spec_json=wrapper.spec_json, sizes=sizes)
+    wrapper.bind_nodes(mapping, sizes)
     start = Evaluator(cfg).initial_arrays()
     names, w0 = list(start.keys()), start.to_numpy_ndarrays()
     msgs = wrapper.configure_train(1, start, ConfigRecord(), grid)

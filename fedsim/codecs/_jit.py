@@ -23,6 +23,7 @@ F = np.float32
 F64 = np.float64
 I64 = np.int64
 _TINY = float(np.finfo(np.float32).tiny)
+_SIDE_CLIP = F(16777216.0)  # fedsim.codecs.nested.SIDE_CLIP
 
 
 @nb.njit(inline="always")
@@ -118,7 +119,9 @@ def dqsg_values(sym, scale, levels, bucket, k0, k1, out, a, b):  # pragma: no co
 
 @nb.njit(nogil=True, cache=True)
 def nested_symbols(g, scale, fit, m1, alpha, rho, bucket, k0, k1, sym, a, b):  # pragma: no cover - compiled
-    """NDQSG coset indices ``floor(alpha*g/s + u + 1/2) mod rho`` (fedsim.codecs.nested.coset_symbols)."""
+    """NDQSG coset indices ``clip(floor(alpha*g/s + u + 1/2), -b, b) mod rho``, ``b = ceil(alpha*M1)``
+    (fedsim.codecs.nested.coset_symbols)."""
+    bf = F(np.ceil(alpha * m1))
     r = F(rho)
     rinv = F(1.0 / rho)
     tmp = np.empty(1, dtype=np.int32)
@@ -133,6 +136,8 @@ def nested_symbols(g, scale, fit, m1, alpha, rho, bucket, k0, k1, sym, a, b):  #
             w = np.floor(w + F(0.5))  # q1
             if not np.isfinite(w):
                 w = F(0.0)
+            w = bf if w > bf else w  # |q1| <= ceil(alpha*M1): an ulp of rounding at a bucket's max
+            w = -bf if w < -bf else w
             k = np.floor((w + F(0.5)) * rinv) * r  # rho*floor((q1 + 1/2)/rho): exact for integer q1
             sy[i] = np.uint8(w - k)
 
@@ -148,7 +153,7 @@ def nested_values(sym, table, nblocks, gain, fac, y, rho, bound, coef, constrain
     Per entry (fedsim.codecs.nested.nested_fine_index, constrain_fine_index and
     dequantize_fine_index, in their order of float operations)::
 
-        q1_hat = q + rho*rint(((y*gain + u) - q) / rho)      (times 1/rho in float32)
+        q1_hat = q + rho*rint(((clip(y*gain, +-2**24) + u) - q) / rho)      (times 1/rho in float32)
         failure: |q1_hat| > bound; with ``constrain``, moved by multiples of rho into range
         out = (q1_hat - u)*fac [+ coef*y when coef != 0]
     """
@@ -189,6 +194,8 @@ def nested_values(sym, table, nblocks, gain, fac, y, rho, bound, coef, constrain
             ub[i] = u
             q = F(sy[i])
             w = yy[i] * c
+            w = _SIDE_CLIP if w > _SIDE_CLIP else w  # np.clip(alpha*y/s, -2**24, 2**24)
+            w = -_SIDE_CLIP if w < -_SIDE_CLIP else w
             w = w + u
             w = w - q
             w = np.rint(w * rinv) * r + q  # q1_hat

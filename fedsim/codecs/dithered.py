@@ -26,7 +26,8 @@ changing any other step.
 Wire format (everything counted by :func:`~fedsim.codecs.base.payload_nbytes`):
 
 ``sym``   uint8, ``packed_nbytes(n, 2M+1)`` bytes: the symbols, base-``(2M+1)`` packed.
-``scale`` float32 (or float16), one per bucket.
+``scale`` float32 (or float16), one per bucket, in ``[tiny, FLT_MAX/(2M + 2)]``
+          (:meth:`Dqsg.scale_range`: a valid payload decodes to finite values).
 
 Nothing else crosses the wire: ``n`` comes from the tensor's shape, ``M``, ``bucket`` and
 the scale dtype from the run's config, the dither from (seed, round, client, tensor).
@@ -49,7 +50,7 @@ from . import buckets, kernels
 from .base import CodecContext, Payload, State, TensorInfo
 from .dither import DITHER_STREAM, check_length, uniform
 from .packing import symbol_buffer
-from .symbols import BucketSymbolCodec
+from .symbols import FLOAT32_MAX, FLOAT32_TINY, BucketSymbolCodec
 
 _TINY = float(np.finfo(np.float32).tiny)
 Key = tuple[int, int]
@@ -247,6 +248,11 @@ class Dqsg(BucketSymbolCodec):
         self.bucket = buckets.check_bucket(bucket, "dqsg")
         self.scale_dtype = buckets.check_scale_dtype(scale_dtype, "dqsg")
         self.base = 2 * self.levels + 1
+
+    def scale_range(self) -> tuple[float, float]:
+        """Steps in ``[tiny, FLT_MAX/(2M + 2)]``: the encoder's floor is ``tiny``, and the
+        decoded ``|s*(q - u)| <= s*(M + 1/2)`` stays below ``FLT_MAX/2``."""
+        return FLOAT32_TINY, FLOAT32_MAX / (2 * self.levels + 2)
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         g = np.asarray(x, dtype=np.float32).reshape(-1)

@@ -4,10 +4,16 @@ A model update is a list of float32 tensors described by :class:`TensorInfo`. It
 payload is one flat ``dict`` whose keys are ``"<tensor index>.<field>"`` (e.g.
 ``"0.x"``, ``"3.idx"``), which is what travels in a Flower ``ArrayRecord``; the
 per-tensor client state is flattened the same way for persistence.
+
+A payload key must match :data:`PAYLOAD_KEY` exactly: the index in canonical ASCII
+decimal (``"0"``, ``"12"``; never ``"01"``, ``"+1"``, ``"\u0661"`` or fullwidth digits,
+which ``int()`` would accept as aliases of another key) and the field in ``[a-z_]``.
+So every (tensor, field) has exactly one spelling, and a dict holds it at most once.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -31,15 +37,32 @@ def flatten(per_tensor: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndar
     return {f"{i}.{k}": v for i, d in enumerate(per_tensor) for k, v in d.items()}
 
 
-def unflatten(flat: Mapping[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
-    """{"i.field": array} -> [{field: array}] for i < n; any other key is an error."""
+PAYLOAD_KEY = re.compile(r"(0|[1-9][0-9]*)\.([a-z_]+)")
+"""A wire payload key (``fullmatch``): canonical ASCII index, a lower-case field name."""
+STATE_KEY = re.compile(r"(0|[1-9][0-9]*)\.(.+)", re.DOTALL)
+"""A persisted client-state key: the same index, any field name (``"inner.e"``)."""
+
+
+def unflatten(flat: Mapping[str, np.ndarray], n: int,
+              pattern: re.Pattern[str] = STATE_KEY) -> list[dict[str, np.ndarray]]:
+    """{"i.field": array} -> [{field: array}] for i < n; any other key is a PayloadError.
+
+    Keys must ``fullmatch`` ``pattern`` (:data:`STATE_KEY` by default, :data:`PAYLOAD_KEY`
+    for what a client sends: :func:`split_payload`).
+    """
     out: list[dict[str, np.ndarray]] = [{} for _ in range(n)]
     for key, value in flat.items():
-        index, sep, field = key.partition(".")
-        if not sep or not index.isdigit() or int(index) >= n or not field:
-            raise PayloadError(f"unexpected payload key {key!r} for a model of {n} tensors")
-        out[int(index)][field] = value
+        m = pattern.fullmatch(key) if isinstance(key, str) else None
+        if m is None or len(m.group(1)) > 9 or int(m.group(1)) >= n:
+            raise PayloadError(f"unexpected payload key {key!r} for a model of {n} tensors "
+                               f"(expected '<index>.<field>', index 0..{n - 1} in plain decimal)")
+        out[int(m.group(1))][m.group(2)] = value
     return out
+
+
+def split_payload(flat: Mapping[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
+    """A client's flat payload -> one dict per tensor, keys checked against :data:`PAYLOAD_KEY`."""
+    return unflatten(flat, n, PAYLOAD_KEY)
 
 
 def init_states(codec: Codec, infos: Sequence[TensorInfo]) -> list[State]:
@@ -67,7 +90,7 @@ def encode_update(
 
 def validate_update(codec: Codec, flat: Payload, infos: Sequence[TensorInfo]) -> list[Payload]:
     """Split and validate a flat payload; raise PayloadError naming the first fault."""
-    parts = unflatten(flat, len(infos))
+    parts = split_payload(flat, len(infos))
     for part, info in zip(parts, infos):
         validate_payload(codec, part, info)
     return parts

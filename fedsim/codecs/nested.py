@@ -44,7 +44,8 @@ when ``|alpha*(g - y)/s + e| >= rho/2``; given ``delta = alpha*(g - y)/s`` its p
 over the dither is ``clip(|delta| - (rho - 1)/2, 0, 1)`` (:func:`expected_failure_fraction`).
 
 Wire format: ``sym`` (uint8, ``packed_nbytes(n, rho)``: base-``rho`` packed) and ``scale``
-(float32 or float16, one per bucket). For ``M1 = 3, M2 = 1``: 1.6 bits + 32/bucket.
+(float32 or float16, one per bucket, in :meth:`Ndqsg.scale_range`). The encoder clamps the
+fine index to ``|q1| <= ceil(alpha*M1)`` (:func:`coset_symbols`). For ``M1 = 3, M2 = 1``: 1.6 bits + 32/bucket.
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ from .base import CodecContext, Payload, State, TensorInfo
 from .dither import DITHER_STREAM, check_length, uniform
 from .dithered import Key, _reciprocal, _words, keyed_symbols, steps
 from .packing import byte_digits, check_byte_packed
-from .symbols import BucketSymbolCodec
+from .symbols import FLOAT32_MAX, FLOAT32_TINY, BucketSymbolCodec
 
 ESTIMATORS = ("mmse", "unbiased")
 MAX_M1 = 1 << 20  # |q1| <= alpha*M1 + 1 must be exact in float32
+SIDE_CLIP = float(1 << 24)  # |alpha*y/s| is clipped here in the decoder (nested_fine_index)
 
 
 class SideInformationRequired(RuntimeError):
@@ -113,17 +115,28 @@ def nested_quantize(
         raise ValueError(f"nested_quantize needs 2 <= rho <= 256 (symbols in a uint8); got {rho}")
     g = np.asarray(g, dtype=np.float32).reshape(-1)
     scale = steps(g, m1, bucket, scale_dtype)
-    return coset_symbols(g, _reciprocal(scale, alpha), rho, bucket, u), scale
+    return coset_symbols(g, _reciprocal(scale, alpha), rho, bucket, u, fine_bound(m1, alpha)), scale
 
 
-def coset_symbols(g: np.ndarray, gain: np.ndarray, rho: int, bucket: int, u: np.ndarray) -> np.ndarray:
-    """``floor(g*gain + u + 1/2) mod rho`` (uint8), ``gain = alpha/s`` per bucket."""
+def fine_bound(m1: int, alpha: float) -> int:
+    """``ceil(alpha*M1)``: the largest ``|q1|`` the encoder sends (``|g/s| <= M1``)."""
+    return math.ceil(alpha * m1)
+
+
+def coset_symbols(g: np.ndarray, gain: np.ndarray, rho: int, bucket: int, u: np.ndarray, bound: int) -> np.ndarray:
+    """``clip(floor(g*gain + u + 1/2), -bound, bound) mod rho`` (uint8), ``gain = alpha/s`` per bucket.
+
+    The clip: at a bucket's largest entry float32 rounding can make ``alpha*g/s`` exceed
+    ``alpha*M1`` by an ulp, and ``q1`` then ``bound + 1`` (about once in 10^7 buckets), an
+    index the decoder's range repair (:func:`constrain_fine_index`) would move by ``rho``.
+    """
     with np.errstate(over="ignore", invalid="ignore"):
         w = buckets.scaled(g, gain, bucket, np.empty_like(g))  # alpha*g/s
     w += u  # t = alpha*g/s + u
     w += np.float32(0.5)
     np.floor(w, out=w)  # q1 = round(t) = floor(t + 1/2)
     w[~np.isfinite(w)] = 0.0  # a diverged client (non-finite scale): sent, the server rejects it
+    np.clip(w, -bound, bound, out=w)  # |q1| <= ceil(alpha*M1)
     return _mod_rho(w, rho).astype(np.uint8)
 
 
@@ -153,12 +166,17 @@ def nested_fine_index(
 ) -> np.ndarray:
     """Server side: the member of the coset ``sym (mod rho)`` nearest ``alpha*y/s + u``.
 
-    ``q1_hat = q + rho*round((alpha*y/s + u - q)/rho)`` (float32, integer-valued).
+    ``q1_hat = q + rho*round((alpha*y/s + u - q)/rho)`` (float32, integer-valued), with
+    ``alpha*y/s`` clipped to ``[-2**24, 2**24]`` (:data:`SIDE_CLIP`): beyond, ``q1_hat`` is a
+    detectable failure either way (``|q1| <= 2**20 + 1``), and the clip keeps it finite for
+    any finite ``y`` and a valid step (:meth:`Ndqsg.scale_range`).
     """
     y = np.asarray(y, dtype=np.float32).reshape(-1)
     q = sym.astype(np.float32)
     gain = np.float32(alpha) / scale.astype(np.float32)
-    w = buckets.scaled(y, gain, bucket, np.empty_like(q))  # alpha*y/s
+    with np.errstate(over="ignore"):
+        w = buckets.scaled(y, gain, bucket, np.empty_like(q))  # alpha*y/s
+    np.clip(w, -SIDE_CLIP, SIDE_CLIP, out=w)  # far beyond any fine index: keeps q1_hat finite
     w += u
     w -= q
     w *= np.float32(1.0 / rho)
@@ -232,7 +250,7 @@ def encode(
     return keyed_symbols(
         g, m1, alpha, bucket, key, scale_dtype, pad_to, out,
         compiled=lambda k, *a: k.nested_symbols(*a[:3], m1, float(alpha), rho, bucket, *a[3:]),
-        reference=lambda x, gain, u: coset_symbols(x, gain, rho, bucket, u))
+        reference=lambda x, gain, u: coset_symbols(x, gain, rho, bucket, u, fine_bound(m1, alpha)))
 
 
 def decode(
@@ -255,7 +273,7 @@ def decode(
     n = check_length(y.size if packed else sym.size)
     y = np.ascontiguousarray(y, dtype=np.float32).reshape(-1)
     s = np.ascontiguousarray(scale, dtype=np.float32)
-    bound = math.ceil(alpha * m1)
+    bound = fine_bound(m1, alpha)
     out = np.empty(n, dtype=np.float32)
     k = kernels.jit()
     if k is not None:
@@ -342,7 +360,7 @@ def detectable_failures(q1_hat: np.ndarray, m1: int, alpha: float) -> int:
     The encoder's fine index obeys ``|q1| <= ceil(alpha*M1)`` (``|g/s| <= M1``), so a
     decoded index beyond that is certainly wrong; a lower bound on the failure count.
     """
-    return int(np.count_nonzero(np.abs(q1_hat) > math.ceil(alpha * m1)))
+    return int(np.count_nonzero(np.abs(q1_hat) > fine_bound(m1, alpha)))
 
 
 @CODECS.register("ndqsg")
@@ -405,6 +423,13 @@ class Ndqsg(BucketSymbolCodec):
         self.bucket = buckets.check_bucket(bucket, "ndqsg")
         self.scale_dtype = buckets.check_scale_dtype(scale_dtype, "ndqsg")
         self.estimator = estimator
+
+    def scale_range(self) -> tuple[float, float]:
+        """Steps in ``[tiny, alpha*FLT_MAX/2**26]``: the encoder's floor is ``tiny`` (so
+        ``alpha/s`` is finite), and with ``|q1_hat| < 2**25`` (:func:`nested_fine_index`'s clip)
+        the decoded ``(q1_hat - u)*s/alpha`` or ``*alpha*s`` stays below ``FLT_MAX/2``: finite
+        for any side information ``|y| <= FLT_MAX/4``."""
+        return FLOAT32_TINY, self.alpha * FLOAT32_MAX / 2.0**26
 
     def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
         g = np.asarray(x, dtype=np.float32).reshape(-1)

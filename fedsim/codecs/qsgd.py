@@ -25,10 +25,10 @@ import numpy as np
 from fedsim.registry import CODECS
 
 from . import buckets, kernels
-from .base import CodecContext, Payload, PayloadError, State, TensorInfo
+from .base import CodecContext, Payload, State, TensorInfo
 from .dither import check_length, uniform01
 from .packing import symbol_buffer
-from .symbols import BucketSymbolCodec
+from .symbols import FLOAT32_MAX, BucketSymbolCodec
 
 QSGD_STREAM = "qsgd"
 
@@ -156,7 +156,6 @@ class Qsgd(BucketSymbolCodec):
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
         return decode(self.unpack_symbols(payload, info), payload["norm"], self.levels, self.bucket).reshape(info.shape)
 
-    def check_scales(self, scale: np.ndarray, where: str) -> None:
-        """Bucket norms are ``>= 0`` (an all-zero bucket has norm 0)."""
-        if scale.size and (scale < 0).any():
-            raise PayloadError(f"{where}: bucket norms must be >= 0; got min {float(scale.min())}")
+    def scale_range(self) -> tuple[float, float]:
+        """Norms in ``[0, FLT_MAX/2]``: 0 for an all-zero bucket; decoded ``|x| <= norm*(1 + 2**-23)``."""
+        return 0.0, FLOAT32_MAX / 2

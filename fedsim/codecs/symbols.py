@@ -19,6 +19,10 @@ from .base import Codec, Field, Payload, PayloadError, TensorInfo
 from .packing import byte_digits, check_byte_packed, pack, packed_nbytes, padded_length, unpack
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
 class BucketSymbolCodec(Codec):
     """Base of the codecs whose payload is packed symbols plus one float per bucket.
 
@@ -43,10 +47,21 @@ class BucketSymbolCodec(Codec):
         """The symbols of a payload, strictly unpacked into scratch (ValueError if malformed)."""
         return unpack(payload["sym"], info.numel, self.base, out=self.symbol_scratch(info.numel))
 
+    def scale_range(self) -> tuple[float, float]:
+        """Inclusive bounds on a valid per-bucket value (subclasses: why, in their docstring)."""
+        return float(np.nextafter(np.float32(0), np.float32(1))), FLOAT32_MAX
+
     def check_scales(self, scale: np.ndarray, where: str) -> None:
-        """Per-bucket values must be strictly positive (finiteness is checked by validate_payload)."""
-        if scale.size and not (scale > 0).all():
-            raise PayloadError(f"{where}: bucket {self.scale_field}s must be > 0; got min {float(scale.min())}")
+        """Every per-bucket value lies in :meth:`scale_range` (finiteness: validate_payload).
+
+        The bounds are what makes a valid payload decode to finite float32 values.
+        """
+        low, high = self.scale_range()
+        if scale.size:
+            lo, hi = float(scale.min()), float(scale.max())
+            if lo < low or hi > high:
+                raise PayloadError(f"{where}: bucket {self.scale_field}s must lie in [{low:.9g}, {high:.9g}] "
+                                   f"(so that the decoded values are finite float32); got [{lo:.9g}, {hi:.9g}]")
 
     def fields(self, info: TensorInfo) -> dict[str, Field]:
         n = info.numel

@@ -23,6 +23,7 @@ from fedsim.metrics import Recorder, summarize
 from fedsim.registry import CODECS, STRATEGIES
 from fedsim.wire import METRICS, SPEC_KEY
 
+from .failure import FailurePolicy
 from .wrapper import FedsimWrapper
 
 log = logging.getLogger("fedsim")
@@ -116,7 +117,7 @@ def build_wrapper(cfg: Config) -> FedsimWrapper:
         network = NetworkModel(cfg.network, cfg.seed, cfg.data.num_clients)
     return FedsimWrapper(inner, codec, ClientSpec.from_config(cfg).to_json(), cfg.seed, cfg.clients_per_round,
                          attackers=attackers, max_payload_ratio=cfg.simulation.max_payload_ratio,
-                         network=network, epochs=cfg.train.local_epochs)
+                         network=network, epochs=cfg.train.local_epochs, validation=cfg.validation)
 
 
 class Evaluator:
@@ -164,6 +165,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
     wrapper.evaluator = evaluator  # strategies with per-client models evaluate them through it
 
     recorder = Recorder(run_dir)
+    policy = FailurePolicy.from_config(cfg.failure)
     arrays = evaluator.initial_arrays()
     loss, acc = evaluator(arrays)
     recorder.round({"round": 0, "test_accuracy": acc, "test_loss": loss, "bytes_up": 0, "bytes_down": 0, "wall_time": 0.0})
@@ -180,6 +182,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
                 "round": rnd,
                 "train_loss": float(train_metrics["train-loss"]) if train_metrics and "train-loss" in train_metrics else None,
                 "sampled": s.sampled, "replied": s.replied, "rejected": s.rejected, "failed": s.failed,
+                "model_refused": s.model_refused,
                 "no_reply": s.sampled - s.replied - s.rejected - s.failed,
                 "bytes_up": s.bytes_up, "bytes_down": s.bytes_down,
                 **s.network,
@@ -194,6 +197,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
             row = recorder.round(row, s.clients)
             if progress is not None:
                 progress(row)
+            policy.after_round(rnd, s.clients, model_updated=new_arrays is not None)  # RunFailed past a limit
     finally:
         recorder.close()
     summary = summarize(recorder.rows, cfg.target_accuracy)

@@ -10,9 +10,15 @@ FedAvg, a plugin, or one of fedsim's). It adds what every strategy needs in feds
 - **fresh messages**: every client gets its own ``RecordDict`` and ``ConfigRecord``
   (never one object shared by all; cf. Flower issue #2704), carrying the client spec,
   the round and, for Byzantine clients, the attack;
-- **validation and decoding** of every reply: size cap before deserialising, keys,
-  dtypes, shapes, finiteness (:func:`fedsim.codecs.base.validate_payload`); a bad reply
-  is rejected with a logged reason and the round goes on without it;
+- **validation and decoding** of every reply, on one guarded path: size cap before
+  deserialising, keys, dtypes, shapes, finiteness and value ranges
+  (:func:`fedsim.codecs.base.validate_payload`), the metrics (only
+  :data:`fedsim.wire.REPLY_METRICS` reach the inner strategy; ``num-examples`` must be the
+  size the client reported at discovery), then the decoded update (finite, and within
+  ``validation.max_update_norm``). *Any* exception while checking, decoding, weighting or
+  attacking one client's reply rejects that client (status ``rejected`` and the reason in
+  clients.jsonl) and the round goes on without it. An aggregate that is not finite is
+  refused: the round keeps the previous model (``model_refused`` in the round's row);
 - **byte accounting**: the real payload bytes of every message, up and down.
 
 A strategy that decodes payloads itself (side-information decoding, EF21's g_i)
@@ -31,6 +37,7 @@ sent plus the decoded update, and ``"metrics"``, exactly as Flower's strategies 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -44,12 +51,29 @@ from flwr.serverapp.strategy import Strategy
 from fedsim.attacks.base import ServerAttack
 from fedsim.codecs.base import Codec, PayloadError, TensorInfo, payload_nbytes
 from fedsim.codecs.model import decode_update, tensor_infos, validate_update
-from fedsim.config import AttackConfig
+from fedsim.config import AttackConfig, ValidationConfig
 from fedsim.network.model import ClientWork, NetworkModel
 from fedsim.registry import ATTACKS
-from fedsim.wire import ARRAYS, ATTACK_KEY, CONFIG, METRICS, PAYLOAD, ROUND_KEY, SPEC_KEY, read_reply, to_record
+from fedsim.wire import (ARRAYS, ATTACK_KEY, CONFIG, METRICS, PAYLOAD, REPLY_METRICS, ROUND_KEY, SPEC_KEY, read_reply,
+                         to_record)
 
 log = logging.getLogger("fedsim")
+
+
+def all_finite(arrays: ArrayRecord) -> bool:
+    """Whether every float entry of a model record is finite."""
+    return all(np.isfinite(a).all() for a in arrays.to_numpy_ndarrays() if a.dtype.kind in "fc")
+
+
+def _squared_norm(a: np.ndarray) -> float:
+    """``sum a**2`` of a finite array: a float32 dot (BLAS), redone in float64 if it overflowed."""
+    x = np.ascontiguousarray(a).reshape(-1)
+    with np.errstate(over="ignore"):
+        sq = float(np.dot(x, x))
+    if not math.isfinite(sq):  # beyond ~3.4e38: only huge updates pay for the float64 copy
+        x64 = x.astype(np.float64)
+        sq = float(np.dot(x64, x64))
+    return sq
 
 
 def sample_clients(seed: int, server_round: int, available: Sequence[int], k: int) -> list[int]:
@@ -130,6 +154,7 @@ class RoundStats:
     failed: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    model_refused: int = 0  # 1 when the aggregate was not finite and the previous model was kept
     clients: list[ClientLog] = field(default_factory=list)
     network: dict[str, Any] = field(default_factory=dict)  # the network model's round summary
 
@@ -159,12 +184,14 @@ class FedsimWrapper(Strategy):
         Local epochs per round (for the network model's compute time).
     flops_per_sample : float, optional
         Training FLOPs per example (for profiles whose speed is in GFLOP/s).
+    validation : ValidationConfig, optional
+        The update norm bound and the tolerance on ``num-examples`` (defaults: no bound, exact).
     """
 
     def __init__(self, inner: Strategy, codec: Codec, spec_json: str, seed: int, clients_per_round: int,
                  attackers: dict[int, AttackConfig] | None = None, max_payload_ratio: float = 2.0,
                  network: NetworkModel | None = None, epochs: float = 1.0,
-                 flops_per_sample: float | None = None) -> None:
+                 flops_per_sample: float | None = None, validation: ValidationConfig | None = None) -> None:
         if clients_per_round < 1:
             raise ValueError(f"clients_per_round must be >= 1; got {clients_per_round}")
         self.inner = inner
@@ -177,6 +204,11 @@ class FedsimWrapper(Strategy):
         self.epochs = epochs
         self.flops_per_sample = flops_per_sample
         self.num_examples: dict[int, int] = {}  # client -> examples (from discovery)
+        self.validation = validation or ValidationConfig()
+        # the metrics a reply may carry (others are dropped): the documented ones, plus any
+        # a plugin strategy declares in ``reply_metrics``
+        self.reply_metrics = frozenset(REPLY_METRICS) | frozenset(getattr(inner, "reply_metrics", ()))
+        self._noted: set[str] = set()  # what was logged once
         self.context = RoundContext(codec=codec, seed=seed)
         # Client-side attacks travel in the Byzantine clients' config; omniscient ones
         # (ServerAttack) are applied here, to the decoded updates, before aggregation.
@@ -290,6 +322,9 @@ class FedsimWrapper(Strategy):
         if entry is None:
             log.warning("round %d: reply from unexpected node %d ignored", self.context.server_round, node)
             return None
+        if entry.status != "no-reply":
+            log.warning("round %d: a second reply for client %d ignored", entry.round, entry.client)
+            return None
         if msg.has_error():
             entry.status, entry.reason = "failed", str(msg.error.reason)[:300]
             self.stats.failed += 1
@@ -299,15 +334,14 @@ class FedsimWrapper(Strategy):
             payload, metrics = read_reply(msg, self._max_bytes())
             entry.bytes_up = payload_nbytes(payload)
             self.stats.bytes_up += entry.bytes_up
+            metrics = self.checked_metrics(entry.client, metrics)
             own = getattr(self.inner, "validate_update", None)
             if own is not None:
                 own(payload, entry.client)  # a payload-consuming strategy owns its wire format
             else:
                 validate_update(self.codec, payload, self.context.infos)
-        except PayloadError as err:
-            entry.status, entry.reason = "rejected", str(err)
-            self.stats.rejected += 1
-            log.warning("round %d: rejected the reply of client %d: %s", entry.round, entry.client, err)
+        except Exception as err:  # noqa: BLE001 - whatever a reply provokes rejects that reply only
+            self.reject(entry, err)
             return None
         entry.status = "ok"
         entry.num_examples = metrics["num-examples"]
@@ -315,30 +349,143 @@ class FedsimWrapper(Strategy):
         self.stats.replied += 1
         return msg, (node, entry.client, payload, metrics)
 
+    def reject(self, entry: ClientLog, err: BaseException) -> None:
+        """Mark one client's reply rejected, with the reason (a PayloadError's message, else the exception's)."""
+        reason = str(err) if isinstance(err, PayloadError) else f"{type(err).__name__}: {err}"
+        if entry.status == "ok":
+            self.stats.replied -= 1
+        entry.status, entry.reason = "rejected", reason[:300]
+        self.stats.rejected += 1
+        log.warning("round %d: rejected the reply of client %d: %s", entry.round, entry.client, entry.reason)
+
+    def _note_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._noted and len(self._noted) < 256:
+            self._noted.add(key)
+            log.warning(message, *args)
+
+    def trusted_examples(self, client: int, claimed: float) -> float:
+        """The FedAvg weight of ``client``: its size from discovery, which the claim must match.
+
+        ``|claimed - known| <= validation.examples_tolerance * known + 1/2`` (the count travels
+        as a float), else PayloadError. A client whose size is unknown (it reported none at
+        discovery) gets the median of the known sizes, or 1 if none is known: a reply never
+        sets its own weight.
+        """
+        known = self.num_examples.get(client)
+        if known is None:
+            sizes = list(self.num_examples.values())
+            weight = float(np.median(sizes)) if sizes else 1.0
+            self._note_once("size", "client %d (and maybe others) reported no size at discovery: such replies "
+                            "weigh %g (%s), whatever num-examples they claim (logged once)", client, weight,
+                            "the median known size" if sizes else "no size is known: equal weights")
+            return weight
+        if not abs(claimed - known) <= self.validation.examples_tolerance * known + 0.5:
+            raise PayloadError(f"metric 'num-examples' is {claimed:g}, but client {client} has {known} examples "
+                               f"(reported at discovery)")
+        return float(known)
+
+    def checked_metrics(self, client: int, metrics: dict[str, float]) -> dict[str, float]:
+        """The documented, finite metrics of a reply, with ``num-examples`` checked (:meth:`trusted_examples`)."""
+        out = {}
+        for key, value in metrics.items():
+            if key not in self.reply_metrics:
+                self._note_once(f"metric:{key}", "reply metric %r is not one fedsim knows (%s): dropped, "
+                                "this and later (logged once)", key, ", ".join(sorted(self.reply_metrics)))
+            elif math.isfinite(value):
+                out[key] = value
+        out["num-examples"] = self.trusted_examples(client, metrics["num-examples"])
+        return out
+
+    def check_update(self, update: Sequence[np.ndarray]) -> None:
+        """A decoded update (one array a tensor, or one flat vector) must be finite, and
+        within ``validation.max_update_norm`` if set; PayloadError otherwise."""
+        names = [i.name for i in self.context.infos] if len(update) == len(self.context.infos) else None
+        for k, d in enumerate(update):
+            if not np.isfinite(d).all():
+                raise PayloadError(f"{names[k] if names else 'update'}: the decoded update is not finite")
+        bound = self.validation.max_update_norm
+        if bound is not None:
+            norm = math.sqrt(sum(_squared_norm(d) for d in update))
+            if norm > bound:
+                raise PayloadError(f"update norm {norm:.6g} exceeds validation.max_update_norm = {bound:g}")
+
+    def screen(self, client: int, update: Sequence[np.ndarray]) -> bool:
+        """:meth:`check_update` for a payload-consuming strategy: False, and the client
+        rejected with the reason, if ``update`` (decoded by the strategy) fails it."""
+        try:
+            self.check_update(update)
+        except PayloadError as err:
+            entry = next((e for e in self._pending.values() if e.client == client and e.status == "ok"), None)
+            if entry is not None:
+                self.reject(entry, err)
+            else:
+                log.warning("round %d: update of client %d refused: %s", self.context.server_round, client, err)
+            return False
+        return True
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        ctx = self.context
         accepted = [got for got in map(self.accept, replies) if got is not None]
         if self.network is not None:
             kept = self._settle(server_round)
             accepted = [a for a in accepted if a[1][1] in kept]
         self.stats.clients = sorted(self._pending.values(), key=lambda e: e.client)
-        if not accepted:
+        if getattr(self.inner, "consumes_payloads", False):
+            forwarded = [Message(content=RecordDict({PAYLOAD: to_record(payload), METRICS: MetricRecord(metrics)}),
+                                 metadata=msg.metadata) for msg, (_, _, payload, metrics) in accepted]
+        else:
+            forwarded = self._decoded_models(server_round, accepted)
+        if not forwarded:
             log.warning("round %d: no valid reply; the model is unchanged", server_round)
             return None, None
-        forwarded: list[Message] = []
-        if getattr(self.inner, "consumes_payloads", False):
-            for msg, (node, client, payload, metrics) in accepted:
-                content = RecordDict({PAYLOAD: to_record(payload), METRICS: MetricRecord(metrics)})
-                forwarded.append(Message(content=content, metadata=msg.metadata))
-            return self.inner.aggregate_train(server_round, forwarded)
-        deltas = {client: decode_update(self.codec, payload, ctx.infos, self.seed, server_round, client)
-                  for _, (_, client, payload, _) in accepted}
-        self.apply_server_attack(server_round, deltas)
+        arrays, metrics = self.inner.aggregate_train(server_round, forwarded)
+        if arrays is not None and not all_finite(arrays):
+            self.stats.model_refused = 1
+            log.warning("round %d: the aggregated model is not finite: refused, the previous model is kept",
+                        server_round)
+            return None, metrics
+        return arrays, metrics
+
+    def _decoded_models(self, server_round: int, accepted: list[Any]) -> list[Message]:
+        """Decode, check and attack the accepted replies; the models (base + update) for the inner strategy."""
+        ctx = self.context
+        by_client = {e.client: e for e in self._pending.values()}
+        deltas: dict[int, list[np.ndarray]] = {}
+        for _, (_, client, payload, _) in accepted:
+            try:
+                deltas[client] = decode_update(self.codec, payload, ctx.infos, self.seed, server_round, client)
+                self.check_update(deltas[client])
+            except Exception as err:  # noqa: BLE001 - one client's reply, never the round
+                deltas.pop(client, None)
+                self.reject(by_client[client], err)
+        forged = sorted(c for c in deltas if c in self.server_attackers)
+        try:
+            self.apply_server_attack(server_round, deltas)
+        except Exception as err:  # noqa: BLE001 - a failing attack drops the attackers' replies
+            for c in forged:
+                deltas.pop(c)
+                self.reject(by_client[c], err)
+        for c in (c for c in forged if c in deltas):
+            try:
+                self.check_update(deltas[c])
+            except PayloadError as err:
+                deltas.pop(c)
+                self.reject(by_client[c], err)
+        used = []
         for msg, (node, client, _, metrics) in accepted:
-            full = {i.name: b + d for i, b, d in zip(ctx.infos, ctx.base[node], deltas[client])}
-            content = RecordDict({ARRAYS: to_record(full), METRICS: MetricRecord(metrics)})
-            forwarded.append(Message(content=content, metadata=msg.metadata))
-        return self.inner.aggregate_train(server_round, forwarded)
+            if client not in deltas:
+                continue
+            with np.errstate(over="ignore"):
+                full = {i.name: b + d for i, b, d in zip(ctx.infos, ctx.base[node], deltas[client])}
+            if not all(np.isfinite(v).all() for v in full.values()):
+                self.reject(by_client[client], PayloadError("the model plus this update overflows float32"))
+                continue
+            used.append((msg, full, metrics))
+        # Flower's strategies aggregate the metrics key by key over every reply: hand them
+        # the metrics all of this round's replies carry (the required ones always)
+        common = set.intersection(*(set(m) for *_, m in used)) if used else set()
+        return [Message(content=RecordDict({ARRAYS: to_record(full), METRICS: MetricRecord(
+                    {k: v for k, v in metrics.items() if k in common})}), metadata=msg.metadata)
+                for msg, full, metrics in used]
 
     def _settle(self, server_round: int) -> set[int]:
         """Timing of every client that ran; statuses; which updates arrive in time."""
