@@ -341,6 +341,8 @@ class PoolGrid(Grid):
         return nodes, {c: int(s) for c, s in enumerate(self.sizes)}
 
     # -- Grid --------------------------------------------------------------------------
+    nodes_fixed = True  # virtual clients never leave: the wrapper need not ask for the nodes each round
+
     def set_run(self, run_id: int) -> None:  # pragma: no cover - nothing to do
         pass
 

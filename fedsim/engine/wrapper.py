@@ -234,13 +234,14 @@ class FedsimWrapper(Strategy):
         """The node id -> client id map and each client's data size (from discovery)."""
         self.context.node_to_client = dict(node_to_client)
         self._client_to_node = {c: n for n, c in node_to_client.items()}
+        self._known = sorted(self._client_to_node)
         self.num_examples = dict(num_examples or {})
 
     def available_clients(self, server_round: int, alive: set[int] | None = None) -> list[int]:
         """Clients that can be sampled this round: those that answered discovery and whose
         node is still connected (``alive``: the grid's node ids; a SuperNode that left is
         not sampled again), narrowed by the network model's availability."""
-        known = sorted(c for c, n in self._client_to_node.items() if alive is None or n in alive)
+        known = self._known if alive is None else [c for c in self._known if self._client_to_node[c] in alive]
         if self.network is None:
             return known
         return sorted(set(known) & set(self.network.available(server_round)))
@@ -266,7 +267,9 @@ class FedsimWrapper(Strategy):
         ctx.base.clear()
         self.stats = RoundStats()
         self._pending = {}
-        chosen = self._choose(server_round, alive=set(grid.get_node_ids()))
+        # a grid whose nodes never leave (the pool's virtual clients) is not asked each round
+        alive = None if getattr(grid, "nodes_fixed", False) else set(grid.get_node_ids())
+        chosen = self._choose(server_round, alive=alive)
         view = SubsetGrid(grid, [self._client_to_node[c] for c in chosen])
         random.seed(int(np.random.SeedSequence([self.seed, server_round, 0xF1]).generate_state(1)[0]))
         out: list[Message] = []
