@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -48,6 +49,8 @@ def _x_axes(all_rows: Sequence[Rows]) -> list[tuple[str, str, float, str]]:
 
 
 def _save(fig: Any, ax: Any, path: Path, title: str, legend: bool) -> Path:
+    if ax.get_xlabel() == "round":
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     if title:
         ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -117,10 +120,10 @@ def plot_bands(groups: Sequence[tuple[str, Sequence[Rows]]], out_dir: str | Path
 
 
 def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"codec": {"name": "dgc"}}`` -> ``{"codec.name": "dgc"}``."""
+    """``{"codec": {"name": "dgc"}}`` -> ``{"codec.name": "dgc"}`` (an empty mapping holds no key)."""
     out: dict[str, Any] = {}
     for k, v in cfg.items():
-        if isinstance(v, Mapping) and v:
+        if isinstance(v, Mapping):
             out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v

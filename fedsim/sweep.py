@@ -360,6 +360,6 @@ def format_cell(row: Mapping[str, Any], key: str) -> str:
     m, s, n = row[f"{key}_mean"], row[f"{key}_sd"], row[f"{key}_n"]
     if m is None:
         return "-"
-    scale, digits = (1e6, 3) if key == "total_bytes_up" else (1.0, 1 if key in ("round_to_target", "sim_time_to_target") else 4)
+    scale, digits = (1e6, 3) if key == "total_bytes_up" else (1.0, {"round_to_target": 1, "sim_time_to_target": 2}.get(key, 4))
     text = f"{m / scale:.{digits}f}" + ("" if s is None else f" ± {s / scale:.{digits}f}")
     return text + (f" ({n}/{row['runs']})" if n < row["runs"] else "")

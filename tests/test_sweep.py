@@ -10,7 +10,11 @@ import yaml
 from fedsim.config import ConfigError
 from fedsim.sweep import (Combo, SweepSpec, aggregate, combinations, combo_overrides, format_cell, load_spec,
                           parse_grid, parse_seeds, run_sweep, split_top_level, write_results)
-from tiny import TINY
+from conftest import small_config
+
+# digits, an MLP, 6 clients, 3 a round, 2 rounds, in process
+TINY = small_config("simulation.backend=inprocess", "rounds=2", "target_accuracy=0.3", "data.num_clients=6",
+                    "clients_per_round=3", "model.params={hidden: 16}").model_dump(mode="json")
 
 
 def test_split_top_level_keeps_brackets_and_quotes_together():
@@ -107,12 +111,17 @@ def test_tiny_sweep_table_from_the_runs_and_resume(tmp_path):
 
 
 def test_a_finished_run_of_another_config_is_not_mixed_in(tmp_path):
+    from fedsim.api import resolve_config, start_run
+    from fedsim.sweep import plan
+
     (tmp_path / "base.yaml").write_text(yaml.safe_dump({**TINY, "rounds": 1}))
     spec = load_spec(tmp_path / "base.yaml", [], "0")
-    run_sweep(spec, tmp_path / "s", jobs=1, report=lambda _: None)
-    other = load_spec(tmp_path / "base.yaml", [], "0", ["train.lr=0.3"])
+    finished = start_run(resolve_config({**TINY, "rounds": 1, "train": {"lr": 0.3}}), run_dir=tmp_path / "s" / "seed=0")
+    (finished / "summary.json").write_text("{}")
     with pytest.raises(ConfigError, match="another config"):
-        run_sweep(other, tmp_path / "s", jobs=1, report=lambda _: None)
+        plan(spec, tmp_path / "s")
+    start_run(resolve_config({**TINY, "rounds": 1}), run_dir=finished)  # the same config: finished, skipped
+    assert [p.status for p in plan(spec, tmp_path / "s")[1]] == ["done"]
 
 
 def test_format_cell():
