@@ -44,6 +44,14 @@ CLIENT_SIDE_WHY = (
 )
 
 
+def _number(name: str, value: Any) -> float:
+    """A float parameter; YAML 1.1 reads ``1e-6`` (no sign in the exponent) as a string, so accept that too."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise PluginError(f"DP wrapper parameter {name} must be a number; got {value!r}") from None
+
+
 def build_inner(strategy: Mapping[str, Any] | str) -> Any:
     """The wrapped strategy from ``{name, params}`` (or a bare name), through the registry.
 
@@ -67,8 +75,8 @@ def dp_fixed_server(noise_multiplier: float, clipping_norm: float, num_sampled_c
     Every update (decoded reply minus the model sent) is scaled to L2 norm <= ``clipping_norm``;
     Gaussian noise of std ``noise_multiplier * clipping_norm / num_sampled_clients`` is added
     to the aggregate."""
-    return fl.DifferentialPrivacyServerSideFixedClipping(build_inner(strategy), noise_multiplier, clipping_norm,
-                                                         num_sampled_clients)
+    return fl.DifferentialPrivacyServerSideFixedClipping(build_inner(strategy), _number("noise_multiplier", noise_multiplier),
+                                                         _number("clipping_norm", clipping_norm), num_sampled_clients)
 
 
 def dp_adaptive_server(noise_multiplier: float, num_sampled_clients: int, strategy: Mapping[str, Any] | str = "fedavg",
@@ -78,8 +86,10 @@ def dp_adaptive_server(noise_multiplier: float, num_sampled_clients: int, strate
     """Flower's ``DifferentialPrivacyServerSideAdaptiveClipping`` around ``strategy`` (the
     clipping norm follows the ``target_clipped_quantile`` of the update norms, Andrew et al. 2021)."""
     return fl.DifferentialPrivacyServerSideAdaptiveClipping(
-        build_inner(strategy), noise_multiplier, num_sampled_clients, initial_clipping_norm,
-        target_clipped_quantile, clip_norm_lr, clipped_count_stddev)
+        build_inner(strategy), _number("noise_multiplier", noise_multiplier), num_sampled_clients,
+        _number("initial_clipping_norm", initial_clipping_norm), _number("target_clipped_quantile", target_clipped_quantile),
+        _number("clip_norm_lr", clip_norm_lr),
+        None if clipped_count_stddev is None else _number("clipped_count_stddev", clipped_count_stddev))
 
 
 def _refuse(alt: str) -> Any:
