@@ -48,6 +48,13 @@ def _x_axes(all_rows: Sequence[Rows]) -> list[tuple[str, str, float, str]]:
     return [a for a in X_AXES if a[0] != "sim_time" or has_time]
 
 
+def _wide(key: str, ends: Sequence[float]) -> bool:
+    """Log-scale the uplink axis when the runs' totals differ more than 10x (compressed vs dense):
+    on a linear axis the compressed curves would be squeezed against 0."""
+    ends = [e for e in ends if e > 0]
+    return key == "cum_bytes_up" and len(ends) > 1 and max(ends) > 10 * min(ends)
+
+
 def _save(fig: Any, ax: Any, path: Path, title: str, legend: bool) -> Path:
     if ax.get_xlabel() == "round":
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -71,11 +78,15 @@ def plot_runs(runs: Sequence[tuple[str, Rows]], out_dir: str | Path, prefix: str
     for key, xlabel, scale, stem in _x_axes([rows for _, rows in runs]):
         for ykey, ylabel, ystem in Y_AXES:
             fig, ax = plt.subplots(figsize=(6, 4))
+            log_x = _wide(key, [max((r.get(key) or 0 for r in rows), default=0) for _, rows in runs])
             for (name, rows), style in zip(runs, _styles()):
-                ev = [r for r in _evals(rows) if r.get(key) is not None and r.get(ykey) is not None]
+                ev = [r for r in _evals(rows) if r.get(key) is not None and r.get(ykey) is not None
+                      and not (log_x and r[key] <= 0)]
                 ax.plot([r[key] / scale for r in ev], [r[ykey] for r in ev], label=name,
                         markevery=max(1, len(ev) // 12), markersize=5, **style)
-            ax.set_xlabel(xlabel)
+            ax.set_xlabel(xlabel + (", log scale" if log_x else ""))
+            if log_x:
+                ax.set_xscale("log")
             ax.set_ylabel(ylabel)
             paths.append(_save(fig, ax, out_dir / f"{prefix}{ystem}_vs_{stem}.png", title, legend))
     return paths
@@ -106,11 +117,17 @@ def plot_bands(groups: Sequence[tuple[str, Sequence[Rows]]], out_dir: str | Path
     for key, xlabel, scale, stem in _x_axes([rows for _, runs in groups for rows in runs]):
         for ykey, ylabel, ystem in Y_AXES:
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
-            for (name, runs), style in zip(groups, _styles()):
-                x, y, sd = band(runs, key, ykey, scale)
+            bands = [band(runs, key, ykey, scale) for _, runs in groups]
+            log_x = _wide(key, [float(x[-1]) if len(x) else 0.0 for x, _, _ in bands])
+            for (name, runs), (x, y, sd), style in zip(groups, bands, _styles()):
+                if log_x:
+                    keep = x > 0
+                    x, y, sd = x[keep], y[keep], sd[keep]
                 ax.plot(x, y, label=f"{name} (n={len(runs)})", markevery=max(1, len(x) // 12), markersize=5, **style)
                 ax.fill_between(x, y - sd, y + sd, color=style["color"], alpha=0.18, linewidth=0)
-            ax.set_xlabel(xlabel)
+            ax.set_xlabel(xlabel + (", log scale" if log_x else ""))
+            if log_x:
+                ax.set_xscale("log")
             ax.set_ylabel(f"{ylabel} (mean $\\pm$ sd)")
             paths.append(_save(fig, ax, out_dir / f"{prefix}{ystem}_vs_{stem}.png", title, True))
     return paths
