@@ -154,13 +154,14 @@ def short_key(key: str) -> str:
 
 def differing_labels(configs: Sequence[Mapping[str, Any]]) -> list[str] | None:
     """A legend label per config from the keys whose values differ between them
-    (``codec=dgc, seed=1``); ``None`` if none differ."""
+    (``codec=dgc, seed=1``; a key a config lacks, such as another codec's parameter, is left
+    out of its label); ``None`` if none differ."""
     flat = [flatten(c) for c in configs]
     keys = sorted({k for f in flat for k in f if not k.startswith(IGNORED_KEYS)})
     diff = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
     if not diff:
         return None
-    return [", ".join(f"{short_key(k)}={f.get(k, '-')}" for k in diff) for f in flat]
+    return [", ".join(f"{short_key(k)}={f[k]}" for k in diff if k in f) for f in flat]
 
 
 def common_title(configs: Sequence[Mapping[str, Any]]) -> str:
