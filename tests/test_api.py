@@ -73,3 +73,25 @@ def test_import_fedsim_imports_neither_torch_nor_ray():
     code = "import sys, fedsim; fedsim.run; fedsim.Result; print(sorted({'torch', 'ray'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_fedsim_run_without_argument_runs_the_default_and_prints_the_dense_cost(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedsim.api import dense_uplink_bytes
+    from fedsim.cli import app
+
+    shrink = ["simulation.backend=inprocess", "data.name=digits", "data.num_clients=8", "clients_per_round=4",
+              "model.name=mlp", "model.params={hidden: 16}", "rounds=2", "output.plots=false", "output.progress=false"]
+    res = CliRunner().invoke(app, ["run", "--out", str(tmp_path)] + [a for s in shrink for a in ("--set", s)])
+    assert res.exit_code == 0, res.output
+    assert "quickstart" in res.output and "codec qsgd" in res.output and "network 4g-phone 60%" in res.output
+    (run_dir,) = tmp_path.glob("quickstart-*")
+    clients = [json.loads(line) for line in (run_dir / "clients.jsonl").read_text().splitlines()]
+    dense_model = (64 * 16 + 16 + 16 * 10 + 10) * 4  # the MLP's float32 bytes
+    uploaded = [c for c in clients if c["bytes_up"] > 0]
+    assert dense_uplink_bytes(run_dir) == len(uploaded) * dense_model
+    up = json.loads((run_dir / "summary.json").read_text())["total_bytes_up"]
+    assert f"{up / 1e6:.2f} MB up; the same replies as dense float32 updates: {len(uploaded) * dense_model / 1e6:.2f} MB" \
+        in res.output.replace("\n", " ")
+    assert "simulated time on the devices' network" in res.output
