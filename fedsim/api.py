@@ -100,6 +100,11 @@ def dense_uplink_bytes(run_dir: str | Path) -> int:
     return total
 
 
+def mix_text(cfg: Config) -> str:
+    """The device mix of the network model: ``4g-phone 60%, wifi-phone 30%, rpi-wifi 10%``."""
+    return "" if cfg.network is None else ", ".join(f"{k} {v:.0%}" for k, v in cfg.network.mix.items())
+
+
 def describe(cfg: Config) -> str:
     """What ran, for plot titles: dataset, strategy + codec (with their parameters), and on a
     second line the device mix when a network model is on."""
@@ -107,8 +112,7 @@ def describe(cfg: Config) -> str:
         params = " ".join(f"{k}={v}" for k, v in spec.params.items() if not isinstance(v, (dict, list)))
         return f"{spec.name} ({params})" if params else spec.name
 
-    net = "" if cfg.network is None else "\nnetwork: " + ", ".join(
-        f"{k} {v:.0%}" for k, v in cfg.network.mix.items())
+    net = "" if cfg.network is None else "\nnetwork: " + mix_text(cfg)
     return f"{cfg.data.name}, {cfg.model.name}: {plugin(cfg.strategy)} + {plugin(cfg.codec)}{net}"
 
 

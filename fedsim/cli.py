@@ -21,7 +21,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from fedsim.api import default_config_path, execute, start_run
+from fedsim.api import default_config_path, execute, mix_text, start_run
 from fedsim.config import ConfigError, check_plugins, load_config
 from fedsim.deploy.cli import app as deploy_app
 from fedsim.metrics import read_rows, summarize
@@ -94,13 +94,6 @@ def summary_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
     return t
 
 
-def network_line(cfg: Any) -> str:
-    """``, network 4g-phone 60% / wifi-phone 30% / rpi-wifi 10%`` (empty without a network model)."""
-    if cfg.network is None:
-        return ""
-    return ", network " + " / ".join(f"{k} {v:.0%}" for k, v in cfg.network.mix.items())
-
-
 def print_dense_equivalent(cfg: Any, run_dir: Path) -> None:
     """After a compressed run: the uplink it used against what dense float32 updates would have cost,
     and the simulated time (network model on)."""
@@ -166,7 +159,7 @@ def run(
     run_dir = start_run(cfg, out)
     console.print(f"[bold]fedsim[/] {cfg.name}: {cfg.data.num_clients} clients ({cfg.data.name}, "
                   f"{cfg.data.partition.kind}), {cfg.clients_per_round} per round, {cfg.rounds} rounds, "
-                  f"strategy {cfg.strategy.name}, codec {cfg.codec.name}{network_line(cfg)} -> {run_dir}",
+                  f"strategy {cfg.strategy.name}, codec {cfg.codec.name}{', network ' + mix_text(cfg) if cfg.network else ''} -> {run_dir}",
                   highlight=False)
     try:
         with RoundProgress(cfg.rounds, cfg.output.progress) as progress:
