@@ -195,6 +195,7 @@ def train(
     seed: int,
     momentum: float = 0.0,
     weight_decay: float = 0.0,
+    proximal_mu: float = 0.0,
 ) -> tuple[Params, dict[str, float | int]]:
     """Minibatch SGD (with heavy-ball momentum and L2 weight decay, as ``torch.optim.SGD``)
     on the mean cross-entropy; ``params`` is not modified.
@@ -213,6 +214,10 @@ def train(
         Seeds the batch order (:func:`batch_order`).
     momentum, weight_decay
         ``mu`` in [0, 1) and ``wd`` >= 0 of the update in the module docstring.
+    proximal_mu
+        FedProx's proximal weight (Li et al., MLSys 2020, eq. 2): the objective gets
+        ``proximal_mu / 2 * ||w - w0||^2`` with ``w0 = params``, so ``g += proximal_mu * (p - p0)``
+        before weight decay and momentum, as in :func:`fedsim.clients.torch_trainer.train`.
 
     Returns
     -------
@@ -222,8 +227,9 @@ def train(
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
-    if not 0 <= momentum < 1 or weight_decay < 0:
-        raise ValueError(f"need 0 <= momentum < 1 and weight_decay >= 0; got {momentum}, {weight_decay}")
+    if not 0 <= momentum < 1 or weight_decay < 0 or proximal_mu < 0:
+        raise ValueError(f"need 0 <= momentum < 1, weight_decay >= 0 and proximal_mu >= 0; got {momentum}, "
+                         f"{weight_decay}, {proximal_mu}")
     model_kind(params)
     out = {k: np.array(v, copy=True) for k, v in params.items()}
     first = "linear.weight" if "linear.weight" in out else "fc1.weight"
@@ -234,13 +240,16 @@ def train(
     if n == 0:
         raise ValueError("no training examples")
     yi = _check_labels(y, n, last_w.shape[0])
-    step, mu, wd = dtype.type(lr), dtype.type(momentum), dtype.type(weight_decay)
+    step, mu, wd, prox = dtype.type(lr), dtype.type(momentum), dtype.type(weight_decay), dtype.type(proximal_mu)
+    anchor = {k: np.array(v, dtype=dtype) for k, v in params.items()} if proximal_mu else {}
     velocity: Params = {}
     total, seen = 0.0, 0
     for idx in batch_order(n, batch_size, epochs, seed):
         loss, grads = loss_and_grads(out, xf[idx], yi[idx])
         for k, g in grads.items():
             g = g.astype(dtype, copy=False)
+            if prox:
+                g = g + prox * (out[k] - anchor[k])  # g = grad + mu_prox * (p - p0)
             if wd:
                 g = g + wd * out[k]  # g = grad + wd * p
             if mu:

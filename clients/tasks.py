@@ -42,6 +42,7 @@ from fedsim.wire import ARRAYS
 from .trainer import local_train, requested_backend
 
 TaskResult = tuple[dict[str, np.ndarray], dict[str, float]]
+PROXIMAL_MU_KEY = "proximal-mu"  # what flwr.serverapp.strategy.FedProx puts in the config
 CODEC_KEY = "fedsim.codec"  # optional per-client codec override: PluginSpec JSON
 TASKS: Registry[Callable[["Job"], TaskResult]] = Registry("client task", "fedsim.client_tasks", ())
 
@@ -90,13 +91,25 @@ class Job:
         return [self.spec.seed, self.round, self.client]
 
 
+def proximal_mu(config: ConfigRecord) -> float:
+    """FedProx's ``proximal-mu`` from the message config (Flower's FedProx sets it; 0 if absent).
+
+    A value that is not a finite number >= 0 is an error: the server sent it, and
+    training with it would be meaningless."""
+    mu = config.get(PROXIMAL_MU_KEY, 0.0)
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not 0 <= float(mu) < float("inf"):
+        raise ValueError(f"config {PROXIMAL_MU_KEY!r} must be a finite number >= 0; got {mu!r}")
+    return float(mu)
+
+
 @TASKS.register("train")
 def train(job: Job) -> TaskResult:
     """Local training, then the update encoded with the codec (state kept per client)."""
     names, start = job.model()
     t0 = time.perf_counter()
     new, metrics = local_train(job.spec, names, start, job.client, job.seed, job.attack,
-                               backend=requested_backend(job.context.node_config))
+                               backend=requested_backend(job.context.node_config),
+                               proximal_mu=proximal_mu(job.config))
     update = [n - s for n, s in zip(new, start)]
     if job.attack is not None:
         update = job.attack.corrupt(update, np.random.default_rng(job.seed + [0xA77]))

@@ -57,9 +57,18 @@ def sgd_step(params: Sequence[torch.Tensor], buffers: list[torch.Tensor | None],
 
 
 def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float,
-          momentum: float, weight_decay: float, seed: int) -> dict[str, float]:
-    """Train in place; return num_examples, steps and the mean training loss."""
+          momentum: float, weight_decay: float, seed: int, proximal_mu: float = 0.0) -> dict[str, float]:
+    """Train in place; return num_examples, steps and the mean training loss.
+
+    ``proximal_mu`` > 0 adds FedProx's proximal term (Li et al., "Federated Optimization in
+    Heterogeneous Networks", MLSys 2020, eq. 2): the local objective is
+    ``F_k(w) + mu/2 ||w - w^t||^2`` with ``w^t`` the model received, i.e. the gradient of
+    each parameter gets ``mu (w - w^t)``. The reported loss is the data loss alone.
+    """
+    if proximal_mu < 0:
+        raise ValueError(f"proximal_mu must be >= 0 (it weighs a squared distance); got {proximal_mu}")
     gen = torch.Generator().manual_seed(seed)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     params = [p for p in model.parameters() if p.requires_grad]
     buffers: list[torch.Tensor | None] = [None] * len(params)
@@ -74,6 +83,10 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_
                 p.grad = None
             loss = loss_fn(model(xt[b]), yt[b])
             loss.backward()
+            if proximal_mu:
+                with torch.no_grad():
+                    for p, p0 in zip(model.parameters(), anchor):
+                        p.grad.add_(p - p0, alpha=proximal_mu)  # grad += mu (w - w^t)
             sgd_step(params, buffers, lr, momentum, weight_decay)
             total += float(loss.detach())
             steps += 1

@@ -84,7 +84,7 @@ def _torch_model(model_json: str, input_shape: tuple[int, ...], num_classes: int
 
 def _train_torch(spec: ClientSpec, names: Sequence[str], start: Sequence[np.ndarray], x: np.ndarray,
                  y: np.ndarray, input_shape: tuple[int, ...], num_classes: int,
-                 train_seed: int) -> tuple[list[np.ndarray], dict[str, float]]:
+                 train_seed: int, proximal_mu: float = 0.0) -> tuple[list[np.ndarray], dict[str, float]]:
     from . import torch_trainer as tt
 
     tt.one_thread()
@@ -95,12 +95,12 @@ def _train_torch(spec: ClientSpec, names: Sequence[str], start: Sequence[np.ndar
     tt.set_weights(model, start)
     t = spec.train
     metrics = tt.train(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                       momentum=t.momentum, weight_decay=t.weight_decay, seed=train_seed)
+                       momentum=t.momentum, weight_decay=t.weight_decay, seed=train_seed, proximal_mu=proximal_mu)
     return tt.get_weights(model), metrics
 
 
 def _train_numpy(spec: ClientSpec, names: Sequence[str], start: Sequence[np.ndarray], x: np.ndarray,
-                 y: np.ndarray, train_seed: int) -> tuple[list[np.ndarray], dict[str, float]]:
+                 y: np.ndarray, train_seed: int, proximal_mu: float = 0.0) -> tuple[list[np.ndarray], dict[str, float]]:
     from . import numpy_trainer as nt
 
     params = {name: np.asarray(a, dtype=np.float32) for name, a in zip(names, start)}
@@ -109,7 +109,7 @@ def _train_numpy(spec: ClientSpec, names: Sequence[str], start: Sequence[np.ndar
         raise ValueError(f"the server sent {kind} tensors {list(names)} for model {spec.model.name!r}")
     t = spec.train
     new, m = nt.train(params, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                      seed=train_seed, momentum=t.momentum, weight_decay=t.weight_decay)
+                      seed=train_seed, momentum=t.momentum, weight_decay=t.weight_decay, proximal_mu=proximal_mu)
     steps = t.local_epochs * math.ceil(len(x) / t.batch_size)
     return [new[name] for name in names], {"num-examples": float(m["num_examples"]), "steps": float(steps),
                                            "train-loss": float(m["train_loss"])}
@@ -137,12 +137,14 @@ def local_train(
     seed: Sequence[int],
     attack: Any = None,
     backend: str = "auto",
+    proximal_mu: float = 0.0,
 ) -> tuple[list[np.ndarray], dict[str, float]]:
     """Train from ``start`` on this client's partition; return new weights and metrics.
 
     ``backend`` is ``auto``, ``torch`` or ``numpy`` (see :func:`choose_backend`); the
     metrics carry ``num-examples``, ``steps``, ``train-loss`` and ``numpy-trainer``
-    (1.0 when the numpy trainer ran).
+    (1.0 when the numpy trainer ran). ``proximal_mu`` is FedProx's proximal weight (the
+    strategy sends it as ``proximal-mu``; 0 = plain local SGD).
     """
     chosen = choose_backend(backend, spec.model.name)
     _announce(chosen, backend)
@@ -152,8 +154,8 @@ def local_train(
         y = attack.corrupt_labels(y, ds.num_classes)
     train_seed = int(np.random.SeedSequence(list(seed)).generate_state(1)[0])
     if chosen == "numpy":
-        new, metrics = _train_numpy(spec, names, start, x, y, train_seed)
+        new, metrics = _train_numpy(spec, names, start, x, y, train_seed, proximal_mu)
     else:
-        new, metrics = _train_torch(spec, names, start, x, y, ds.input_shape, ds.num_classes, train_seed)
+        new, metrics = _train_torch(spec, names, start, x, y, ds.input_shape, ds.num_classes, train_seed, proximal_mu)
     metrics["numpy-trainer"] = 1.0 if chosen == "numpy" else 0.0
     return new, metrics

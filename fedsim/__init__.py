@@ -29,3 +29,15 @@ class _CheckoutFinder(importlib.abc.MetaPathFinder):
 if not (Path(__file__).parent / "clients").exists() and all((d / "__init__.py").is_file() for d in _MAPPED.values()):
     if not any(isinstance(f, _CheckoutFinder) for f in sys.meta_path):
         sys.meta_path.append(_CheckoutFinder())
+
+_API = ("run", "Result", "load_result")
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    """``fedsim.run`` and friends, imported on first use (:mod:`fedsim.api`): ``import fedsim``
+    itself imports neither torch nor Ray, as an edge install has neither."""
+    if name in _API:
+        from fedsim import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'fedsim' has no attribute {name!r}")

@@ -1,11 +1,13 @@
 """The ``fedsim`` command line.
 
-``fedsim run CONFIG [--set key=value ...]``   run an experiment (simulated clients on Ray workers)
+``fedsim run [CONFIG] [--set key=value ...]`` run an experiment (default: configs/quickstart.yaml) on Ray workers
+``fedsim sweep CONFIG --grid k=a,b --seeds 0-4``  every combination x seed; mean +- sd table, band plots
 ``fedsim compare RUN_DIR RUN_DIR ...``        overlay runs in one plot and print a table
 ``fedsim plugins``                            list the registered plugins
 ``fedsim deploy ...``                         real devices over gRPC (:mod:`fedsim.deploy.cli`)
 
-A config error, an unknown plugin or a missing file exits with status 2 and one line.
+A config error, an unknown plugin or a missing file exits with status 2 and one line; so
+does a command that needs the ``sim`` extra (torch, Ray, matplotlib) on an edge install.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from fedsim.api import default_config_path, execute, mix_text, start_run
 from fedsim.config import ConfigError, check_plugins, load_config
 from fedsim.deploy.cli import app as deploy_app
-from fedsim.metrics import make_run_dir, read_rows, summarize
+from fedsim.metrics import read_rows, summarize
 from fedsim.registry import PluginError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="fedsim: federated learning on Flower, simulated and deployed.")
@@ -35,8 +38,39 @@ MB = 1e6
 
 
 def fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+SIM_MODULES = ("torch", "ray", "matplotlib")  # what the `sim` extra brings and simulation needs
+SIM_COMMANDS = ("run", "sweep", "compare", "plugins")
+
+
+def missing_sim_modules() -> list[str]:
+    """The modules of the ``sim`` extra that cannot be found here (an edge install lacks them)."""
+    import importlib.util
+
+    missing = []
+    for name in SIM_MODULES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+@app.callback()
+def _require_sim(ctx: typer.Context) -> None:
+    """Commands that simulate, plot or list the simulation plugins need ``fedsim[sim]``."""
+    if ctx.invoked_subcommand in SIM_COMMANDS and not any(a in ("--help", "-h") for a in sys.argv):
+        missing = missing_sim_modules()
+        if missing:
+            fail(f"`fedsim {ctx.invoked_subcommand}` needs the simulation extra (missing: {', '.join(missing)}): "
+                 "pip install 'fedsim[sim]'")
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -58,6 +92,24 @@ def summary_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
             cells.append(_fmt(s.get("round_to_target")))
         t.add_row(*cells)
     return t
+
+
+def print_dense_equivalent(cfg: Any, run_dir: Path) -> None:
+    """After a compressed run: the uplink it used against what dense float32 updates would have cost,
+    and the simulated time (network model on)."""
+    from fedsim.api import dense_uplink_bytes
+
+    rows = read_rows(run_dir)
+    s = summarize(rows, cfg.target_accuracy)
+    dense = dense_uplink_bytes(run_dir)
+    if cfg.codec.name != "identity" and dense and s["total_bytes_up"]:
+        console.print(f"codec {cfg.codec.name}: {s['total_bytes_up'] / MB:.2f} MB up; the same replies as dense float32 "
+                      f"updates: {dense / MB:.2f} MB ({dense / s['total_bytes_up']:.1f}x more)", highlight=False)
+    sim_time = rows[-1].get("sim_time")
+    if sim_time is not None:
+        reach = (f", {cfg.target_accuracy} accuracy at round {s['round_to_target']} ({s['sim_time_to_target']:.1f} s)"
+                 if s.get("sim_time_to_target") is not None else "")
+        console.print(f"simulated time on the devices' network: {sim_time:.1f} s{reach}", highlight=False)
 
 
 class RoundProgress:
@@ -101,35 +153,31 @@ class RoundProgress:
 
 @app.command()
 def run(
-    config: Path = typer.Argument(..., help="experiment YAML (see configs/)"),
+    config: Optional[Path] = typer.Argument(None, help="experiment YAML (see configs/; default: configs/quickstart.yaml)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a field: key.sub=value (repeatable)"),
     out: Optional[Path] = typer.Option(None, help="parent directory of the run directory (default: output.dir)"),
 ) -> None:
     """Run an experiment in simulation (default: a pool of Ray workers) and write metrics and plots."""
     try:
-        cfg = load_config(config, set_ or [])
+        cfg = load_config(config or default_config_path(), set_ or [])
         check_plugins(cfg)
     except (ConfigError, PluginError) as err:
         fail(str(err))
-    run_dir = make_run_dir(out or cfg.output.dir, cfg.name)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    run_dir = start_run(cfg, out)
     console.print(f"[bold]fedsim[/] {cfg.name}: {cfg.data.num_clients} clients ({cfg.data.name}, "
                   f"{cfg.data.partition.kind}), {cfg.clients_per_round} per round, {cfg.rounds} rounds, "
-                  f"strategy {cfg.strategy.name}, codec {cfg.codec.name} -> {run_dir}", highlight=False)
+                  f"strategy {cfg.strategy.name}, codec {cfg.codec.name}{', network ' + mix_text(cfg) if cfg.network else ''} -> {run_dir}",
+                  highlight=False)
+    from fedsim.engine.failure import RunFailed
     from fedsim.engine.pool import PoolSetupError
-    from fedsim.engine.simulation import simulate
 
     try:
         with RoundProgress(cfg.rounds, cfg.output.progress) as progress:
-            summary = simulate(cfg, run_dir, progress, say=progress.status)
-    except (ConfigError, PluginError, FileNotFoundError, PoolSetupError) as err:
+            summary = execute(cfg, run_dir, progress, say=progress.status)
+    except (ConfigError, PluginError, FileNotFoundError, PoolSetupError, RunFailed) as err:
         fail(str(err))
-    rows = read_rows(run_dir)
-    if cfg.output.plots:
-        from fedsim.plots import plot_runs
-
-        plot_runs([("", rows)], run_dir)
     console.print(summary_table(f"fedsim run {cfg.name}", [(run_dir.name, summary)]))
+    print_dense_equivalent(cfg, run_dir)
     console.print(f"metrics, plots and config in {run_dir}", highlight=False)
 
 
@@ -138,19 +186,62 @@ def compare(
     runs: list[Path] = typer.Argument(..., help="run directories"),
     out: Path = typer.Option(Path("."), help="directory for the overlay plots"),
 ) -> None:
-    """Overlay runs in one plot and print a table."""
-    loaded = []
+    """Overlay runs in one plot (legends: what differs between their configs) and print a table."""
+    from fedsim.plots import common_title, differing_labels, plot_runs
+
+    loaded, configs = [], []
     for r in runs:
         try:
-            loaded.append((r.name, read_rows(r)))
+            loaded.append(read_rows(r))
         except FileNotFoundError as err:
             fail(str(err))
-    from fedsim.plots import plot_runs
-
+        copy = r / "config.yaml"
+        configs.append(yaml.safe_load(copy.read_text()) if copy.is_file() else None)
+        # one-line warning for an unfinished run goes here (run_status(r), from the resume work)
+    known = [c for c in configs if c is not None]
+    labels = differing_labels(known) if len(known) == len(configs) else None
+    names = labels if labels and len(set(labels)) == len(labels) else [r.name for r in runs]
     out.mkdir(parents=True, exist_ok=True)
-    paths = plot_runs(loaded, out, prefix="compare_")
-    console.print(summary_table("fedsim compare", [(n, summarize(rows)) for n, rows in loaded]))
+    paths = plot_runs(list(zip(names, loaded)), out, prefix="compare_", title=common_title(known))
+    table = [(n, summarize(rows, (c or {}).get("target_accuracy"))) for n, rows, c in zip(names, loaded, configs)]
+    console.print(summary_table("fedsim compare", table))
     console.print("plots: " + ", ".join(str(p) for p in paths), highlight=False)
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="experiment YAML, or a sweep YAML (config, grid, seeds, set)"),
+    grid: Optional[list[str]] = typer.Option(None, "--grid", help="key=value1,value2,... (repeatable)"),
+    seeds: Optional[str] = typer.Option(None, help="seeds: a range 0-4, a list 0,3,7 or one seed"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override for every run: key.sub=value"),
+    jobs: Optional[int] = typer.Option(None, min=1, help="runs at a time (default: cores // cores a run needs)"),
+    out: Optional[Path] = typer.Option(None, help="sweep directory (default: output.dir/sweep-CONFIG); rerun to resume"),
+) -> None:
+    """Run every combination of a grid x seeds (resumable), then a mean +- sd table and band plots."""
+    from fedsim.sweep import STATS, format_cell, load_spec, run_sweep, write_results
+
+    try:
+        spec = load_spec(config, grid or [], seeds, set_ or [])
+        base = load_config(spec.config or default_config_path(), spec.sets)
+        planned = run_sweep(spec, out or Path(base.output.dir) / f"sweep-{config.stem}", jobs,
+                            report=lambda line: console.print(line, highlight=False))
+    except (ConfigError, PluginError) as err:
+        fail(str(err))
+    sweep_dir = planned[0].run_dir.parent
+    rows, paths = write_results(planned, spec, sweep_dir)
+    t = Table(title=f"fedsim sweep {config.name}: mean ± sd over seeds")
+    for key in spec.grid:
+        t.add_column(key)
+    t.add_column("runs", justify="right")
+    for _, title in STATS:
+        t.add_column(title, justify="right")
+    for row in rows:
+        t.add_row(*[str(row[k]) for k in spec.grid], str(row["runs"]), *[format_cell(row, k) for k, _ in STATS])
+    console.print(t)
+    console.print(f"table: {sweep_dir / 'summary.csv'}; plots: {', '.join(p.name for p in paths)}", highlight=False)
+    failed = [p for p in planned if p.status == "failed"]
+    if failed:
+        fail(f"{len(failed)} run(s) failed: " + "; ".join(f"{p.combo.name}: {p.error}" for p in failed))
 
 
 @app.command()

@@ -136,6 +136,8 @@ class OutputConfig(_Model):
     dir: str = "runs"
     plots: bool = True
     progress: bool = True
+    tensorboard: bool = Field(False, description="per-round scalars as TensorBoard events in RUN_DIR/tensorboard "
+                                                  "(needs the tensorboard extra)")
 
 
 class Config(_Model):

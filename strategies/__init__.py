@@ -3,9 +3,12 @@
 Flower's own message-API strategies are registered under their lower-case names with
 fedsim's sampling defaults (fedsim samples the clients itself, seeded, and evaluates
 on the server; the inner strategy takes every node it is shown and skips federated
-evaluation unless told otherwise). FedProx and QFedAvg are not registered: their
-client side (the proximal term, q-weighted losses) is not what fedsim's client runs.
-fedsim's own strategies live in sibling modules, one algorithm each.
+evaluation unless told otherwise). ``fedprox`` sends ``proximal-mu`` and fedsim's
+trainers (torch and numpy) add the proximal term; ``qfedavg`` reads the clients'
+``train-loss`` (the mean loss over local training, standing in for the paper's
+loss of the received model). Flower's differential-privacy wrappers are in
+:mod:`fedsim.strategies.privacy`. fedsim's own strategies live in sibling modules,
+one algorithm each.
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ FEDSIM_DEFAULTS = {
 }
 
 
-def flower_strategy(cls: type) -> Any:
-    """A factory for a Flower strategy class with fedsim's sampling defaults."""
+def flower_strategy(cls: type, **extra_defaults: Any) -> Any:
+    """A factory for a Flower strategy class with fedsim's sampling defaults (and ``extra_defaults``)."""
     accepted = inspect.signature(cls).parameters
 
     def factory(**params: Any) -> Any:
-        defaults = {k: v for k, v in FEDSIM_DEFAULTS.items() if k in accepted}
+        defaults = {k: v for k, v in {**FEDSIM_DEFAULTS, **extra_defaults}.items() if k in accepted}
         return cls(**{**defaults, **params})
 
     factory.params_target = cls  # type: ignore[attr-defined]  # what user params are checked against
@@ -51,9 +54,12 @@ for _name, _cls in {
     "bulyan": fl.Bulyan,
     "fedmedian": fl.FedMedian,
     "fedtrimmedavg": fl.FedTrimmedAvg,
+    "fedprox": fl.FedProx,
 }.items():
     STRATEGIES.add(_name, flower_strategy(_cls))
+STRATEGIES.add("qfedavg", flower_strategy(fl.QFedAvg, train_loss_key="train-loss"))  # fedsim's metric name
 
+from . import privacy  # noqa: E402,F401  (registers the dp-* wrappers)
 from . import nested_dithering  # noqa: E402,F401  (registers ndqsg-nested)
 from . import monna, nnm, trimmed_mean  # noqa: E402,F401  (register "monna", "nna", "nnm", "trimmed_mean")
 from . import ef21w  # noqa: E402,F401  (registers "ef21w" and "ef21")

@@ -15,7 +15,8 @@ FEDSIM = [sys.executable, "-m", "fedsim.cli"]
 def fedsim_run(tmp_path: Path, *overrides: str) -> Path:
     args = ["run", "configs/quickstart.yaml", "--out", str(tmp_path),
             "--set", "data.name=digits", "--set", "data.num_clients=20", "--set", "clients_per_round=10",
-            "--set", "rounds=3", "--set", "model.name=mlp", "--set", "train.lr=0.1", "--set", "name=e2e"]
+            "--set", "rounds=3", "--set", "model.name=mlp", "--set", "train.lr=0.1", "--set", "name=e2e",
+            "--set", "codec={name: identity}", "--set", "network=null"]  # the quickstart's codec and network off
     for o in overrides:
         args += ["--set", o]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
