@@ -79,7 +79,8 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def summary_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
     t = Table(title=title)
-    for col in ("run", "rounds", "final acc", "best acc", "uplink MB", "downlink MB", "rejected", "wall s"):
+    for col in ("run", "rounds", "final acc", "best acc", "uplink MB", "downlink MB", "rejected", "failed",
+                "wall s"):
         t.add_column(col, justify="right" if col != "run" else "left")
     target = any("round_to_target" in s for _, s in rows)
     if target:
@@ -87,7 +88,7 @@ def summary_table(title: str, rows: list[tuple[str, dict[str, Any]]]) -> Table:
     for name, s in rows:
         cells = [name, str(s["rounds"]), _fmt(s["final_accuracy"]), _fmt(s["best_accuracy"]),
                  f"{s['total_bytes_up'] / MB:.3f}", f"{s['total_bytes_down'] / MB:.3f}",
-                 str(s["rejected"]), f"{s['wall_time']:.1f}"]
+                 str(s["rejected"]), str(s.get("failed", 0)), f"{s['wall_time']:.1f}"]
         if target:
             cells.append(_fmt(s.get("round_to_target")))
         t.add_row(*cells)
