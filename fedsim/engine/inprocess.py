@@ -11,12 +11,16 @@ it is the ``simulation.backend: inprocess`` option of ``fedsim run``.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim.state import ContextStore, DiskStore
 
 _ERROR_CODE = 0
 
@@ -97,6 +101,33 @@ class InProcessGrid(Grid):
             self._replies[mid] = _roundtrip(reply) if self.serialize else reply
             ids.append(mid)
         return ids
+
+    # -- client state (checkpoints) ---------------------------------------------------
+    def _client_contexts(self) -> dict[int, Context]:
+        """Client (partition) id -> that node's Context."""
+        return {int(ctx.node_config["partition-id"]): ctx for ctx in self.contexts.values()}
+
+    def save_client_states(self, directory: Path) -> int:
+        """Write every client's non-empty state as ``<directory>/client-<client id>.npz``; the count."""
+        n = 0
+        for cid, ctx in sorted(self._client_contexts().items()):
+            state = ContextStore(ctx).load()
+            if state:
+                DiskStore(directory, cid).save(state)
+                n += 1
+        return n
+
+    def load_client_states(self, directory: Path) -> int:
+        """Give every client the state saved in ``directory`` (clients without a file: none); the count."""
+        contexts = self._client_contexts()
+        n = 0
+        for path in sorted(Path(directory).glob("client-*.npz")):
+            m = re.fullmatch(r"client-(\d+)\.npz", path.name)
+            if m is None or int(m.group(1)) not in contexts:
+                raise ValueError(f"{str(path)!r} names no client of this grid")
+            ContextStore(contexts[int(m.group(1))]).save(DiskStore(directory, int(m.group(1))).load())
+            n += 1
+        return n
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(m) for m in message_ids if m in self._replies]
