@@ -29,10 +29,10 @@ def parse_header(head: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
         raise ValueError("not an IDX file: bad magic number")
     code, ndim = head[2], head[3]
     if code not in _TYPES:
-        raise ValueError(f"IDX: unknown data type code 0x{code:02x}")
+        raise ValueError(f"unknown data type code 0x{code:02x}")
     header = 4 + 4 * ndim
     if len(head) < header:
-        raise ValueError("IDX: truncated header")
+        raise ValueError("truncated header")
     shape = tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
     return np.dtype(_TYPES[code]), shape, header
 
@@ -50,7 +50,7 @@ def parse_idx(raw: bytes) -> np.ndarray:
     expected = _data_bytes(dtype, shape)
     if len(raw) != header + expected:
         raise ValueError(
-            f"IDX: expected {expected} data bytes for shape {shape}, "
+            f"expected {expected} data bytes for shape {shape}, "
             f"found {len(raw) - header}"
         )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
@@ -64,10 +64,10 @@ def _read_stream(f: BinaryIO, limit: int, limit_what: str) -> bytes:
     dtype, shape, header = parse_header(head)
     expected = _data_bytes(dtype, shape)
     if expected > limit:
-        raise ValueError(f"IDX: shape {shape} declares {expected} data bytes, more than {limit_what} ({limit})")
+        raise ValueError(f"shape {shape} declares {expected} data bytes, more than {limit_what} ({limit})")
     body = f.read(expected + 1)
     if len(body) != expected:
-        raise ValueError(f"IDX: expected {expected} data bytes for shape {shape}, "
+        raise ValueError(f"expected {expected} data bytes for shape {shape}, "
                          f"found {'more' if len(body) > expected else len(body)}")
     return head + body
 
