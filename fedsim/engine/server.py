@@ -190,6 +190,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
                 row["test_loss"] = row["test_accuracy"] = None
             row["wall_time"] = time.perf_counter() - t_start
             row = recorder.round(row, s.clients)
+            log_missing(rnd, s.clients, cfg.simulation.round_timeout)
             end_of_round(cfg, run_dir, rnd, arrays, row, recorder.rows, wrapper, grid)
             if progress is not None:
                 progress(row)
@@ -261,6 +262,16 @@ def resume_or_start(grid: Grid, cfg: Config, run_dir: Path, wrapper: FedsimWrapp
     write_status(run_dir, "running", rnd, cfg.rounds)
     log.info("resumed %s from its checkpoint of round %d", run_dir, rnd)
     return Start(arrays, rnd, recorder, float(rows[-1].get("wall_time") or 0.0))
+
+
+def log_missing(rnd: int, clients: list[Any], timeout: float) -> None:
+    """A log line for each client that sent nothing back in time (late, or its node is down).
+
+    Failed clients (an error reply) are logged by the wrapper as their reply arrives."""
+    for c in clients:
+        if c.status == "no-reply":
+            log.warning("round %d: client %d sent no reply within the round timeout of %.0f s (late, or its "
+                        "node is down)", rnd, c.client, timeout)
 
 
 def end_of_round(cfg: Config, run_dir: Path, rnd: int, arrays: ArrayRecord, row: dict[str, Any],
