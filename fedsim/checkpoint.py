@@ -79,6 +79,8 @@ def _encode(value: Any, arrays: dict[str, np.ndarray], plain: bool = False) -> A
         return {"a": key}
     if isinstance(value, np.generic):
         return {"s": _encode(np.asarray(value), arrays)}
+    if isinstance(value, np.dtype):
+        return {"dt": value.str}
     if isinstance(value, ArrayRecord):
         return {"ar": [[k, _encode(a.numpy(), arrays)] for k, a in value.items()]}
     rec = None if plain else _record_type(value)
@@ -107,6 +109,8 @@ def _decode(node: Any, arrays: dict[str, np.ndarray]) -> Any:
         return arrays[node["a"]]
     if "s" in node:
         return _decode(node["s"], arrays)[()]
+    if "dt" in node:
+        return np.dtype(node["dt"])
     if "ar" in node:
         return to_record({k: _decode(v, arrays) for k, v in node["ar"]})
     if "rec" in node:

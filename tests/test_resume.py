@@ -100,3 +100,41 @@ def test_a_grid_without_client_state_hooks_refuses_a_stateful_resume(tmp_path, c
     assert json.loads((latest(tmp_path) / "state.json").read_text())["client_states"] is None
     with pytest.raises(CheckpointError, match="cannot save client state"):
         run_server(FlowerLike(app, cfg.data.num_clients), cfg, tmp_path)
+
+
+@pytest.mark.parametrize("overrides", [
+    # MoNNA: one model per client in the strategy
+    ["strategy={name: monna, params: {f: 1, lr: 0.1, local_steps: 1}}", "clients_per_round=10"],
+    # nested dithering: the last aggregated update (stale side information) and a reference codec
+    ["strategy={name: ndqsg-nested, params: {reference_clients: 1}}",
+     "codec={name: ndqsg, params: {m1: 3, m2: 1, alpha: 0.4, bucket: 64}}"],
+    # NNM around FedAdam (Adam moments in the inner strategy), DGC on the clients (momentum + residual)
+    ["strategy={name: nnm, params: {f: 1, inner: fedadam}}", "codec={name: dgc, params: {density: 0.1}}"],
+], ids=["monna", "ndqsg-nested", "nnm-fedadam-dgc"])
+def test_stateful_strategies_resume_exactly(tmp_path, cfg_factory, overrides):
+    from fedsim.clients.app import app
+    from fedsim.engine.inprocess import InProcessGrid
+    from fedsim.engine.server import run_server
+
+    cfg = cfg_factory("rounds=3", *overrides)
+    run_inprocess(cfg, tmp_path / "full")
+    with pytest.raises(Stop):
+        run_server(InProcessGrid(app, cfg.data.num_clients), cfg, tmp_path / "cut", stop_after(1))
+    run_inprocess(cfg, tmp_path / "cut")
+    assert same_rows(read_rows(tmp_path / "full"), read_rows(tmp_path / "cut"))
+    assert model_bytes(tmp_path / "full" / "model-final.npz") == model_bytes(tmp_path / "cut" / "model-final.npz")
+
+
+def test_ef21w_resume_is_refused_with_the_reason(tmp_path, cfg_factory):
+    """EF21-W builds its wire objects in its first round (from the model and the client
+    ids): a fresh EF21W lacks them, so its checkpoint cannot be restored; said clearly."""
+    from fedsim.clients.app import app
+    from fedsim.engine.inprocess import InProcessGrid
+    from fedsim.engine.server import run_server
+
+    cfg = cfg_factory("strategy={name: ef21w, params: {compressor: topk, k: 8}}", "model.name=logreg-ncvx",
+                      "model.params={lam: 0.1}", "data.name=digits-binary", "clients_per_round=10")
+    with pytest.raises(Stop):
+        run_server(InProcessGrid(app, cfg.data.num_clients), cfg, tmp_path, stop_after(1))
+    with pytest.raises(CheckpointError, match="EF21W.* a fresh EF21W does not have .*cannot be resumed"):
+        run_server(InProcessGrid(app, cfg.data.num_clients), cfg, tmp_path)

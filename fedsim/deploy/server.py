@@ -173,10 +173,11 @@ class Deployment:
     # -- steps ----------------------------------------------------------------------
     def check(self) -> tuple[Any, list[str]]:
         """Validate the config; return it and the overrides the ServerApp gets."""
-        from fedsim.config import check_plugins, load_config
+        from fedsim.config import check_plugins, check_resources, load_config
 
         cfg = load_config(self.opts.config, self.opts.overrides)
         check_plugins(cfg)
+        check_resources(cfg)
         out_dir = Path(cfg.output.dir).expanduser()
         if not out_dir.is_absolute():  # the ServerApp runs in Flower's working directory
             out_dir = Path.cwd() / out_dir
