@@ -407,7 +407,8 @@ def check_resources(cfg: Config) -> None:
 
     Raises ConfigError (one line, naming the key) for an unreadable or corrupt data file,
     more clients than the training set can give ``partition.min_size`` examples each,
-    a partition that cannot be drawn, or a model of more than
+    a partition that cannot be drawn, a network model that cannot be built (a bad trace
+    file), or a model of more than
     :data:`MAX_MODEL_PARAMETERS` parameters (counted on torch's ``meta`` device, which
     allocates nothing).
     """
@@ -427,6 +428,13 @@ def check_resources(cfg: Config) -> None:
         client_indices(cfg.data, cfg.seed)
     except ValueError as err:
         raise ConfigError(f"config key 'data.partition': {_one_line(err)}") from None
+    if cfg.network is not None:  # device draws and trace files, as the server will build them
+        from fedsim.network import NetworkModel
+
+        try:
+            NetworkModel(cfg.network, cfg.seed, cfg.data.num_clients)
+        except (ValueError, OSError) as err:  # TraceError, a trace file that is not UTF-8, ...
+            raise ConfigError(f"config key 'network': {_one_line(err)}") from None
     n_params = count_parameters(cfg, ds.input_shape, ds.num_classes)
     if n_params > MAX_MODEL_PARAMETERS:
         raise ConfigError(f"config key 'model.params': model {cfg.model.name!r} has {n_params:,} parameters, "

@@ -122,6 +122,9 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
                               f"data.path={idx_dir(tmp, 'corrupt', gzip.compress(plain_idx)[:-12])}"], "gzip"),
         ("IDX truncated", [q, *SMALL, "--set", "data.name=mnist", "--set",
                            f"data.path={idx_dir(tmp, 'short', gzip.compress(plain_idx[:-5]))}"], "expected 16 data bytes"),
+        ("trace file not UTF-8", [q, *SMALL, "--set", "network={traces: " + str(write(
+            tmp / "t.csv", b"client,uplink_mbps\n0,\xff\n")) + "}"], "config key 'network'"),
+        ("trace file missing", [q, *SMALL, "--set", f"network={{traces: {tmp / 'none.csv'}}}"], "does not exist"),
         ("unwritable output", [q, *SMALL, "--out", str(write(tmp / "a-file", "x") / "runs")], "output directory"),
         ("resume and config", [q, "--resume", str(tmp)], "not both"),
         ("resume without checkpoint", ["--resume", str(tmp)], "not found"),
