@@ -417,17 +417,21 @@ def check_resources(cfg: Config) -> None:
     key = "data.path" if cfg.data.path else "data.name"
     try:
         ds = load_dataset(cfg.data, cfg.seed)
+    except ConfigError:
+        raise
     except (ValueError, OSError, EOFError, MemoryError) as err:  # DataError, FileNotFoundError, ...
         raise ConfigError(f"config key {key!r}: {_one_line(err)}") from None
-    n_train, need = len(ds.y_train), cfg.data.num_clients * max(cfg.data.partition.min_size, 1)
-    if need > n_train:
-        raise ConfigError(
-            f"config key 'data.num_clients': {cfg.data.num_clients} clients need at least {need} training "
-            f"examples (data.partition.min_size={cfg.data.partition.min_size} each); {cfg.data.name!r} has {n_train}")
-    try:
-        client_indices(cfg.data, cfg.seed)
-    except ValueError as err:
-        raise ConfigError(f"config key 'data.partition': {_one_line(err)}") from None
+    if not getattr(ds, "natural", False):  # a dataset split by client checks its own split when loaded
+        n_train, need = len(ds.y_train), cfg.data.num_clients * max(cfg.data.partition.min_size, 1)
+        if need > n_train:
+            raise ConfigError(
+                f"config key 'data.num_clients': {cfg.data.num_clients} clients need at least {need} training "
+                f"examples (data.partition.min_size={cfg.data.partition.min_size} each); {cfg.data.name!r} has "
+                f"{n_train}")
+        try:
+            client_indices(cfg.data, cfg.seed)
+        except ValueError as err:
+            raise ConfigError(f"config key 'data.partition': {_one_line(err)}") from None
     if cfg.network is not None:  # device draws and trace files, as the server will build them
         from fedsim.network import NetworkModel
 

@@ -51,3 +51,32 @@ class DiskStore:
         tmp = self.path.with_suffix(".tmp.npz")
         np.savez(tmp, **state)
         tmp.replace(self.path)
+
+
+ClientState = dict[str, dict[str, np.ndarray]]  # record key -> array key -> array
+
+
+def write_state(path: str | Path, state: ClientState) -> None:
+    """One client's state as an ``.npz`` (arrays ``a0, a1, ...`` and their keys as JSON), atomically."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = [[rec, key] for rec, recs in state.items() for key in recs]
+    arrays = {f"a{i}": state[rec][key] for i, (rec, key) in enumerate(keys)}
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, keys=np.array(json.dumps(keys)), allow_pickle=False, **arrays)
+    tmp.replace(path)
+
+
+def read_state(path: str | Path) -> ClientState:
+    """The inverse of :func:`write_state` (``allow_pickle=False``)."""
+    import json
+
+    out: ClientState = {}
+    with np.load(path, allow_pickle=False) as f:
+        keys = json.loads(str(f["keys"]))
+        for i, (rec, key) in enumerate(keys):
+            out.setdefault(rec, {})[key] = f[f"a{i}"]
+    return out

@@ -20,7 +20,8 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.state import ContextStore, DiskStore
+from fedsim.state import read_state, write_state
+from fedsim.wire import to_record
 
 _ERROR_CODE = 0
 
@@ -108,24 +109,29 @@ class InProcessGrid(Grid):
         return {int(ctx.node_config["partition-id"]): ctx for ctx in self.contexts.values()}
 
     def save_client_states(self, directory: Path) -> int:
-        """Write every client's non-empty state as ``<directory>/client-<client id>.npz``; the count."""
+        """Write every client's non-empty ``Context.state`` arrays as ``<directory>/client-<id>.npz``
+        (the id is the partition id; the format of :func:`fedsim.state.write_state`, as the pool
+        backend writes them); return the count."""
         n = 0
         for cid, ctx in sorted(self._client_contexts().items()):
-            state = ContextStore(ctx).load()
-            if state:
-                DiskStore(directory, cid).save(state)
+            kept = {key: {k: a.numpy() for k, a in rec.items()} for key, rec in ctx.state.array_records.items()
+                    if len(rec)}
+            if kept:
+                write_state(Path(directory) / f"client-{cid}.npz", kept)
                 n += 1
         return n
 
     def load_client_states(self, directory: Path) -> int:
-        """Give every client the state saved in ``directory`` (clients without a file: none); the count."""
+        """Give each client the state :meth:`save_client_states` wrote for it; return the count."""
         contexts = self._client_contexts()
         n = 0
         for path in sorted(Path(directory).glob("client-*.npz")):
             m = re.fullmatch(r"client-(\d+)\.npz", path.name)
             if m is None or int(m.group(1)) not in contexts:
                 raise ValueError(f"{str(path)!r} names no client of this grid")
-            ContextStore(contexts[int(m.group(1))]).save(DiskStore(directory, int(m.group(1))).load())
+            state = contexts[int(m.group(1))].state
+            for key, arrays in read_state(path).items():
+                state[key] = to_record(arrays)
             n += 1
         return n
 
