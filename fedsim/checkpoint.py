@@ -52,10 +52,13 @@ class _Unsupported(TypeError):
 
 
 def _is_config(value: Any) -> bool:
-    """Values that are configuration, rebuilt from the config, not state: callables, classes, modules."""
+    """Values that are configuration, rebuilt from the config, not state: callables, classes,
+    modules and pydantic models (fedsim's validated config sections)."""
     import types
 
-    return callable(value) or isinstance(value, (type, types.ModuleType))
+    from pydantic import BaseModel
+
+    return callable(value) or isinstance(value, (type, types.ModuleType, BaseModel))
 
 
 def _record_type(value: Any) -> type | None:
@@ -150,7 +153,7 @@ def object_state(obj: Any, skip: tuple[Any, ...] = (), plain_only: bool = False,
 
     Data is: numbers, strings, None, numpy arrays and scalars, Flower ArrayRecords, fedsim's
     NamedTuples and dataclasses, and lists, tuples, sets and dicts of these. Callables,
-    classes and modules are configuration (rebuilt from the config) and are left out, as
+    classes, modules and pydantic models are configuration (rebuilt from the config) and are left out, as
     are the objects in ``skip`` (e.g. the wrapper a strategy points back to). Any other
     object (an inner strategy, a codec with a cache) is walked the same way, field by field.
     With ``plain_only``, only attributes that are plain data (numbers, strings, arrays and
@@ -313,9 +316,17 @@ def restore_checkpoint(path: Path, parts: dict[str, Any], grid: Any,
     simulation engine keeps each client's state in a per-node context the ServerApp cannot
     reach) cannot give clients back their state: resuming it is refused when the clients
     keep state (``stateful_clients``), and goes on otherwise.
+
+    An object of ``parts`` that defines ``prepare_resume(model: ArrayRecord)`` is handed the
+    checkpoint's model first: a strategy that builds objects in its first round (EF21-W's
+    wires) builds them there, and its saved state is then restored into them.
     """
     state = read_checkpoint(path)
+    model = load_arrays(path / "model.npz")
     for stem, obj in parts.items():
+        prepare = getattr(obj, "prepare_resume", None)
+        if callable(prepare):  # a strategy that builds its objects in its first round builds them now
+            prepare(model)
         load_state(path, stem, obj)
     hook = getattr(grid, "load_client_states", None)
     saved = state["client_states"]
@@ -331,7 +342,7 @@ def restore_checkpoint(path: Path, parts: dict[str, Any], grid: Any,
                 "cannot restore (Flower's engine keeps it where the server cannot reach); resume with "
                 "simulation.backend set to inprocess or pool")
         hook(path / "clients")
-    return load_arrays(path / "model.npz"), state
+    return model, state
 
 
 def rewind_run_files(run_dir: Path, rows: list[dict[str, Any]], last_round: int) -> None:

@@ -125,12 +125,16 @@ def test_stateful_strategies_resume_exactly(tmp_path, cfg_factory, overrides):
     assert model_bytes(tmp_path / "full" / "model-final.npz") == model_bytes(tmp_path / "cut" / "model-final.npz")
 
 
-def test_ef21w_resume_is_refused_with_the_reason(tmp_path, cfg_factory):
+def test_ef21w_resume_is_refused_with_the_reason(tmp_path, cfg_factory, monkeypatch):
     """EF21-W builds its wire objects in its first round (from the model and the client
-    ids): a fresh EF21W lacks them, so its checkpoint cannot be restored; said clearly."""
+    ids): without ``prepare_resume`` a fresh EF21W lacks them, so its checkpoint cannot be
+    restored; said clearly, by name."""
     from fedsim.clients.app import app
     from fedsim.engine.inprocess import InProcessGrid
     from fedsim.engine.server import run_server
+    from fedsim.strategies.ef21w import EF21W
+
+    monkeypatch.setattr(EF21W, "prepare_resume", None, raising=False)
 
     cfg = cfg_factory("strategy={name: ef21w, params: {compressor: topk, k: 8}}", "model.name=logreg-ncvx",
                       "model.params={lam: 0.1}", "data.name=digits-binary", "clients_per_round=10")
@@ -138,3 +142,23 @@ def test_ef21w_resume_is_refused_with_the_reason(tmp_path, cfg_factory):
         run_server(InProcessGrid(app, cfg.data.num_clients), cfg, tmp_path, stop_after(1))
     with pytest.raises(CheckpointError, match="EF21W.* a fresh EF21W does not have .*cannot be resumed"):
         run_server(InProcessGrid(app, cfg.data.num_clients), cfg, tmp_path)
+
+
+def test_prepare_resume_lets_ef21w_resume_exactly(tmp_path, cfg_factory, monkeypatch):
+    """With ``prepare_resume`` running EF21-W's first-round set-up, its checkpoint restores
+    (x, g, the acknowledged rounds, the learned L_i, the plan) and the run resumes exactly."""
+    from fedsim.clients.app import app
+    from fedsim.engine.inprocess import InProcessGrid
+    from fedsim.engine.server import run_server
+    from fedsim.strategies.ef21w import EF21W
+
+    if not hasattr(EF21W, "prepare_resume"):
+        monkeypatch.setattr(EF21W, "prepare_resume", lambda self, arrays: self._setup(arrays), raising=False)
+    cfg = cfg_factory("strategy={name: ef21w, params: {compressor: topk, k: 8}}", "model.name=logreg-ncvx",
+                      "model.params={lam: 0.1}", "data.name=digits-binary", "clients_per_round=10", "rounds=3")
+    run_inprocess(cfg, tmp_path / "full")
+    with pytest.raises(Stop):
+        run_server(InProcessGrid(app, cfg.data.num_clients), cfg, tmp_path / "cut", stop_after(1))
+    run_inprocess(cfg, tmp_path / "cut")
+    assert same_rows(read_rows(tmp_path / "full"), read_rows(tmp_path / "cut"))
+    assert model_bytes(tmp_path / "full" / "model-final.npz") == model_bytes(tmp_path / "cut" / "model-final.npz")
