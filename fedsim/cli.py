@@ -24,7 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from fedsim.checkpoint import CheckpointError
-from fedsim.config import ConfigError, check_plugins, check_resources, load_config
+from fedsim.config import ConfigError, check_plugins, load_config
+from fedsim.preflight import check_resources
 from fedsim.deploy.cli import app as deploy_app
 from fedsim.metrics import make_run_dir, read_rows, summarize
 from fedsim.registry import PluginError

@@ -173,7 +173,8 @@ class Deployment:
     # -- steps ----------------------------------------------------------------------
     def check(self) -> tuple[Any, list[str]]:
         """Validate the config; return it and the overrides the ServerApp gets."""
-        from fedsim.config import check_plugins, check_resources, load_config
+        from fedsim.config import check_plugins, load_config
+        from fedsim.preflight import check_resources
 
         cfg = load_config(self.opts.config, self.opts.overrides)
         check_plugins(cfg)
