@@ -35,6 +35,21 @@ def same_rows(a, b):
     return strip == [{k: v for k, v in r.items() if k not in WALL} for r in b]
 
 
+def assert_resumes_exactly(cfg, tmp_path, stop_at):
+    """A run stopped after round ``stop_at`` and resumed equals one never stopped (rows but
+    wall time, final model bytes)."""
+    from fedsim.clients.app import app
+    from fedsim.engine.inprocess import InProcessGrid
+    from fedsim.engine.server import run_server
+
+    run_inprocess(cfg, tmp_path / "full")
+    with pytest.raises(Stop):
+        run_server(InProcessGrid(app, cfg.data.num_clients), cfg, tmp_path / "cut", stop_after(stop_at))
+    run_inprocess(cfg, tmp_path / "cut")
+    assert same_rows(read_rows(tmp_path / "full"), read_rows(tmp_path / "cut"))
+    assert model_bytes(tmp_path / "full" / "model-final.npz") == model_bytes(tmp_path / "cut" / "model-final.npz")
+
+
 def model_bytes(path):
     with np.load(path, allow_pickle=False) as f:
         return [(k, f[k].tobytes()) for k in f.files]
@@ -112,17 +127,8 @@ def test_a_grid_without_client_state_hooks_refuses_a_stateful_resume(tmp_path, c
     ["strategy={name: nnm, params: {f: 1, inner: fedadam}}", "codec={name: dgc, params: {density: 0.1}}"],
 ], ids=["monna", "ndqsg-nested", "nnm-fedadam-dgc"])
 def test_stateful_strategies_resume_exactly(tmp_path, cfg_factory, overrides):
-    from fedsim.clients.app import app
-    from fedsim.engine.inprocess import InProcessGrid
-    from fedsim.engine.server import run_server
-
     cfg = cfg_factory("rounds=3", *overrides)
-    run_inprocess(cfg, tmp_path / "full")
-    with pytest.raises(Stop):
-        run_server(InProcessGrid(app, cfg.data.num_clients), cfg, tmp_path / "cut", stop_after(1))
-    run_inprocess(cfg, tmp_path / "cut")
-    assert same_rows(read_rows(tmp_path / "full"), read_rows(tmp_path / "cut"))
-    assert model_bytes(tmp_path / "full" / "model-final.npz") == model_bytes(tmp_path / "cut" / "model-final.npz")
+    assert_resumes_exactly(cfg, tmp_path, stop_at=1)
 
 
 def test_ef21w_resume_is_refused_with_the_reason(tmp_path, cfg_factory, monkeypatch):
@@ -147,18 +153,10 @@ def test_ef21w_resume_is_refused_with_the_reason(tmp_path, cfg_factory, monkeypa
 def test_prepare_resume_lets_ef21w_resume_exactly(tmp_path, cfg_factory, monkeypatch):
     """With ``prepare_resume`` running EF21-W's first-round set-up, its checkpoint restores
     (x, g, the acknowledged rounds, the learned L_i, the plan) and the run resumes exactly."""
-    from fedsim.clients.app import app
-    from fedsim.engine.inprocess import InProcessGrid
-    from fedsim.engine.server import run_server
     from fedsim.strategies.ef21w import EF21W
 
     if not hasattr(EF21W, "prepare_resume"):
         monkeypatch.setattr(EF21W, "prepare_resume", lambda self, arrays: self._setup(arrays), raising=False)
     cfg = cfg_factory("strategy={name: ef21w, params: {compressor: topk, k: 8}}", "model.name=logreg-ncvx",
                       "model.params={lam: 0.1}", "data.name=digits-binary", "clients_per_round=10", "rounds=3")
-    run_inprocess(cfg, tmp_path / "full")
-    with pytest.raises(Stop):
-        run_server(InProcessGrid(app, cfg.data.num_clients), cfg, tmp_path / "cut", stop_after(1))
-    run_inprocess(cfg, tmp_path / "cut")
-    assert same_rows(read_rows(tmp_path / "full"), read_rows(tmp_path / "cut"))
-    assert model_bytes(tmp_path / "full" / "model-final.npz") == model_bytes(tmp_path / "cut" / "model-final.npz")
+    assert_resumes_exactly(cfg, tmp_path, stop_at=1)
