@@ -1,18 +1,22 @@
 """The ``fedsim`` command line.
 
 ``fedsim run [CONFIG] [--set key=value ...]`` run an experiment (default: configs/quickstart.yaml) on Ray workers
+``fedsim run --resume RUN_DIR``               continue a killed run from its last checkpoint
 ``fedsim sweep CONFIG --grid k=a,b --seeds 0-4``  every combination x seed; mean +- sd table, band plots
 ``fedsim compare RUN_DIR RUN_DIR ...``        overlay runs in one plot and print a table
 ``fedsim plugins``                            list the registered plugins
 ``fedsim deploy ...``                         real devices over gRPC (:mod:`fedsim.deploy.cli`)
 
-A config error, an unknown plugin or a missing file exits with status 2 and one line; so
-does a command that needs the ``sim`` extra (torch, Ray, matplotlib) on an edge install.
+A config error, an unknown plugin, a missing or corrupt file exits with status 2 and one
+line (checked before the run starts: data loaded, model sized); so does a command that
+needs the ``sim`` extra (torch, Ray, matplotlib) on an edge install. A run that fails
+later exits with status 1, one line, and its traceback in ``RUN_DIR/error.log``.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,10 +26,13 @@ from rich.console import Console
 from rich.table import Table
 
 from fedsim.api import default_config_path, execute, mix_text, start_run
+from fedsim.checkpoint import CheckpointError
 from fedsim.config import ConfigError, check_plugins, load_config
+from fedsim.preflight import check_resources
 from fedsim.deploy.cli import app as deploy_app
 from fedsim.metrics import read_rows, summarize
 from fedsim.registry import PluginError
+from fedsim.runstatus import run_status, unfinished_note
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="fedsim: federated learning on Flower, simulated and deployed.")
 app.add_typer(deploy_app, name="deploy")
@@ -157,14 +164,29 @@ def run(
     config: Optional[Path] = typer.Argument(None, help="experiment YAML (see configs/; default: configs/quickstart.yaml)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a field: key.sub=value (repeatable)"),
     out: Optional[Path] = typer.Option(None, help="parent directory of the run directory (default: output.dir)"),
+    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
+                                          help="continue an unfinished run from its last checkpoint"),
 ) -> None:
     """Run an experiment in simulation (default: a pool of Ray workers) and write metrics and plots."""
+    if config is not None and resume is not None:
+        fail("give an experiment config or --resume RUN_DIR, not both")
+    if resume is not None and (set_ or out):
+        fail("--resume continues a run with the config it was started with: --set and --out do not apply")
     try:
-        cfg = load_config(config or default_config_path(), set_ or [])
+        cfg = load_config(resume / "config.yaml" if resume is not None else (config or default_config_path()),
+                          set_ or [])
         check_plugins(cfg)
+        check_resources(cfg)
     except (ConfigError, PluginError) as err:
         fail(str(err))
-    run_dir = start_run(cfg, out)
+    if resume is not None:
+        run_dir = resume_dir(resume, cfg.rounds)
+    else:
+        try:
+            run_dir = start_run(cfg, out)
+        except OSError as err:
+            fail(f"output directory {str(out or cfg.output.dir)!r}: cannot create the run directory "
+                 f"({err.strerror or err})")
     console.print(f"[bold]fedsim[/] {cfg.name}: {cfg.data.num_clients} clients ({cfg.data.name}, "
                   f"{cfg.data.partition.kind}), {cfg.clients_per_round} per round, {cfg.rounds} rounds, "
                   f"strategy {cfg.strategy.name}, codec {cfg.codec.name}{', network ' + mix_text(cfg) if cfg.network else ''} -> {run_dir}",
@@ -175,11 +197,29 @@ def run(
     try:
         with RoundProgress(cfg.rounds, cfg.output.progress) as progress:
             summary = execute(cfg, run_dir, progress, say=progress.status)
-    except (ConfigError, PluginError, FileNotFoundError, PoolSetupError, RunFailed) as err:
+    except (ConfigError, PluginError, FileNotFoundError, PoolSetupError, RunFailed, CheckpointError) as err:
         fail(str(err))
+    except Exception as err:  # noqa: BLE001 - one line here, the traceback in the run directory
+        (run_dir / "error.log").write_text(traceback.format_exc())
+        err_console.print(f"[bold red]error:[/] the run failed: {type(err).__name__}: {' '.join(str(err).split())}"
+                          f" (traceback in {run_dir / 'error.log'})", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     console.print(summary_table(f"fedsim run {cfg.name}", [(run_dir.name, summary)]))
     print_dense_equivalent(cfg, run_dir)
     console.print(f"metrics, plots and config in {run_dir}", highlight=False)
+
+
+def resume_dir(run_dir: Path, rounds: int) -> Path:
+    """Check that ``run_dir`` can be resumed: a checkpoint, and not already finished."""
+    from fedsim.checkpoint import latest
+
+    status = run_status(run_dir)
+    if status["state"] == "finished":
+        fail(f"{str(run_dir)!r}: the run is finished ({status.get('round')} of {rounds} rounds); nothing to resume")
+    if latest(run_dir) is None:
+        fail(f"{str(run_dir)!r} holds no checkpoint (the run stopped before its first one, or checkpoint.every "
+             "is 0): start it again")
+    return run_dir
 
 
 @app.command()
@@ -198,7 +238,9 @@ def compare(
             fail(str(err))
         copy = r / "config.yaml"
         configs.append(yaml.safe_load(copy.read_text()) if copy.is_file() else None)
-        # one-line warning for an unfinished run goes here (run_status(r), from the resume work)
+        note = unfinished_note(r.name, run_status(r))
+        if note:
+            err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
     known = [c for c in configs if c is not None]
     labels = differing_labels(known) if len(known) == len(configs) else None
     names = labels if labels and len(set(labels)) == len(labels) else [r.name for r in runs]

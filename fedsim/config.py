@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedsim.network.config import NetworkConfig
 
@@ -25,7 +25,8 @@ class ConfigError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf and NaN are refused in every float field (``train.lr: .inf`` is an error)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class PluginSpec(_Model):
@@ -140,11 +141,22 @@ class OutputConfig(_Model):
                                                   "(needs the tensorboard extra)")
 
 
+class CheckpointConfig(_Model):
+    """What a run saves so that ``fedsim run --resume RUN_DIR`` can continue it (docs/checkpoint.md)."""
+
+    every: int = Field(1, ge=0, description="save a checkpoint every k rounds and after the last (0: never)")
+
+
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # and no '..' (checked in Config)
+MAX_SEED = 2**63 - 1
+
+
 class Config(_Model):
     """A whole experiment."""
 
-    name: str = "experiment"
-    seed: int = 0
+    name: str = Field("experiment", pattern=RUN_NAME_PATTERN,
+                      description="the run directory's prefix: letters, digits, '.', '_', '-' (no '/', no '..')")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="numpy's SeedSequence takes non-negative seeds only")
     rounds: int = Field(20, ge=1)
     clients_per_round: int = Field(10, ge=1)
     eval_every: int = Field(1, ge=1, description="server-side evaluation every k rounds (and the last)")
@@ -160,6 +172,14 @@ class Config(_Model):
     validation: ValidationConfig = ValidationConfig()
     failure: FailureConfig = FailureConfig()
     output: OutputConfig = OutputConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if ".." in v:
+            raise ValueError("a run name may not contain '..'")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -227,20 +247,25 @@ def _format_error(err: ValidationError, model: type[BaseModel] = Config) -> str:
         return f"config key {key!r}: {e['msg']}, got {e.get('input')!r}"
     if e["type"] == "value_error" and not loc:
         return f"config: {e['msg'].removeprefix('Value error, ')}"
-    return f"config key {key!r}: {e['msg']} (got {e.get('input')!r})"
+    got = repr(e.get("input"))
+    got = got if len(got) <= 80 else got[:77] + "..."
+    if e["type"] == "string_pattern_mismatch" and key == "name":
+        return (f"config key 'name': a run name is 1-100 letters, digits, '.', '_' or '-', starting with a "
+                f"letter or digit (it names the run directory), got {got}")
+    return f"config key {key!r}: {e['msg'].removeprefix('Value error, ')} (got {got})"
 
 
 def _parse_value(text: str) -> Any:
     """A ``--set`` value as YAML: ``5`` -> 5, ``true`` -> True, ``[1, 2]`` -> list."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return parse_yaml(text)
+    except (yaml.YAMLError, RecursionError):
         return text
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides to a nested dict (a copy)."""
-    out = json.loads(json.dumps(data))
+    out = json.loads(json.dumps(data, default=str))  # YAML dates and the like: as text
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -276,29 +301,111 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
         raise ConfigError(_format_error(err)) from None
 
 
+MAX_ALIASES = 50  # YAML aliases in one document (more is refused: "billion laughs")
+MAX_CONFIG_BYTES = 1 << 20  # a config file is text a person writes
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses duplicate keys and more than ``MAX_ALIASES`` aliases.
+
+    An alias expands to the whole node it names, so a few lines of nested aliases
+    ("billion laughs") become gigabytes once merged into the config: they are refused
+    before anything is expanded. A key given twice in one mapping is an error (YAML says
+    keys are unique; PyYAML would silently keep the last one).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name): refused")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    dup = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: SafeLoader reports it below
+                    continue
+                if dup:
+                    raise yaml.YAMLError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML through :class:`_StrictLoader` (safe, bounded aliases, unique keys)."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; ConfigError naming the file and what is wrong."""
+    p = Path(path)
+    where = f"config file {str(p)!r}"
+    if not p.is_file():
+        raise ConfigError(f"{where} not found")
+    try:
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{where}: larger than {MAX_CONFIG_BYTES} bytes; a config is a short text")
+        text = p.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    try:
+        loaded = parse_yaml(text)
+    except (yaml.YAMLError, RecursionError) as err:
+        detail = " ".join(str(err).split()) if not isinstance(err, RecursionError) else "nested too deeply"
+        raise ConfigError(f"{where}: invalid YAML ({detail})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    return loaded or {}
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
     """Read a YAML config (or the defaults), apply overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(p)!r}: invalid YAML ({err})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r}: expected a mapping at the top level")
-        data = loaded or {}
+    data = read_config_file(path) if path is not None else {}
     # Defaults, then the file, then the overrides: `--set strategy.params.x=1` keeps the name.
     merged = _merge(Config().model_dump(mode="json"), data)
     return config_from_dict(apply_overrides(merged, overrides))
 
 
+def _is_strategy(obj: Any) -> bool:
+    from flwr.serverapp.strategy import Strategy
+
+    return isinstance(obj, Strategy) or all(callable(getattr(obj, m, None)) for m in ("configure_train", "aggregate_train"))
+
+
+def _is_codec(obj: Any) -> bool:
+    return all(callable(getattr(obj, m, None)) for m in ("init", "encode", "decode", "check", "fields"))
+
+
+def _is_attack(obj: Any) -> bool:
+    from fedsim.attacks.base import ClientAttack, ServerAttack
+
+    return isinstance(obj, (ClientAttack, ServerAttack))
+
+
 def check_plugins(cfg: Config) -> None:
-    """Resolve every plugin the config names; raise ConfigError listing known names."""
+    """Resolve every plugin the config names; raise ConfigError listing known names.
+
+    The strategy, the codec and the attack are built once with their parameters, so a
+    value their constructor refuses (``ValueError``/``TypeError``) is a ConfigError naming
+    the ``params`` key, and a ``module:attr`` that names something else (not a Flower
+    strategy, not a codec, not an attack) is refused here, before any training.
+    """
     from fedsim.registry import ATTACKS, CODECS, DATASETS, MODELS, STRATEGIES, PluginError, check_params
 
+    kinds = {"strategy.name": ("a Flower Strategy (configure_train, aggregate_train)", _is_strategy),
+             "codec.name": ("a codec (init, encode, decode, check, fields)", _is_codec),
+             "attack.name": ("an attack (a ClientAttack or ServerAttack)", _is_attack)}
     checks = [
         ("strategy.name", STRATEGIES, cfg.strategy.name, cfg.strategy.params),
         ("codec.name", CODECS, cfg.codec.name, cfg.codec.params),
@@ -314,6 +421,30 @@ def check_plugins(cfg: Config) -> None:
                 check_params(f"{registry.kind} {name!r}", getattr(factory, "params_target", factory), params)
         except PluginError as err:
             raise ConfigError(f"config key {key!r}: {err}") from None
+        except Exception as err:  # a plugin module that fails to import
+            raise ConfigError(f"config key {key!r}: {registry.kind} {name!r} cannot be loaded "
+                              f"({type(err).__name__}: {err})") from None
+        if key not in kinds:
+            continue
+        what, ok = kinds[key]
+        if not callable(factory):
+            raise ConfigError(f"config key {key!r}: {name!r} is a {type(factory).__name__}, not {what}")
+        section = key.partition(".")[0]
+        try:
+            built = factory(**(params or {}))
+        except (ValueError, TypeError, ArithmeticError) as err:
+            raise ConfigError(f"config key {section + '.params'!r}: {registry.kind} {name!r} refused its "
+                              f"parameters: {one_line(err)}") from None
+        if not ok(built):
+            raise ConfigError(f"config key {key!r}: {name!r} gives a {type(built).__name__}, not {what}")
+
     from fedsim.data.datasets import check_data
 
     check_data(cfg.data)  # data.params, and data.partition.kind against the dataset
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace collapsed), at most ``limit`` characters."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+

@@ -88,6 +88,12 @@ class Recorder:
         self._clients.flush()
         return out
 
+    def restore(self, rows: list[dict[str, Any]]) -> None:
+        """Continue after ``rows`` (already in the files): a resumed run's running totals."""
+        self.rows = [dict(r) for r in rows]
+        self._cum_up = int(rows[-1].get("cum_bytes_up", 0)) if rows else 0
+        self._cum_down = int(rows[-1].get("cum_bytes_down", 0)) if rows else 0
+
     def close(self) -> None:
         self._metrics.close()
         self._clients.close()

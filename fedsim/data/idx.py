@@ -3,45 +3,94 @@
 An IDX file is a 4-byte magic number (two zero bytes, a type code, the number of
 dimensions), one big-endian uint32 per dimension, then the data in C order. Files may
 be gzip-compressed (``.gz``). Nothing is unpickled: the bytes are parsed as numbers.
+The header is read first and the declared size checked against the file (and, for a
+gzip file, against :data:`fedsim.data.MAX_DATA_BYTES`) before any data is read, so a
+truncated file or a small gzip file that declares gigabytes is refused with a
+:class:`fedsim.data.DataError` that names the file.
 """
 
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
+
+from . import MAX_DATA_BYTES, DataError
 
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+def parse_header(head: bytes) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, header bytes) from the first bytes of an IDX file (at least 4)."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0:
+        raise ValueError("not an IDX file: bad magic number")
+    code, ndim = head[2], head[3]
+    if code not in _TYPES:
+        raise ValueError(f"unknown data type code 0x{code:02x}")
+    header = 4 + 4 * ndim
+    if len(head) < header:
+        raise ValueError("truncated header")
+    shape = tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
+    return np.dtype(_TYPES[code]), shape, header
+
+
+def _data_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    count = 1
+    for d in shape:  # Python ints: no overflow
+        count *= d
+    return count * dtype.itemsize
+
+
 def parse_idx(raw: bytes) -> np.ndarray:
     """Parse the bytes of an IDX file into an array of its declared shape and type."""
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError("not an IDX file: bad magic number")
-    code, ndim = raw[2], raw[3]
-    if code not in _TYPES:
-        raise ValueError(f"IDX: unknown data type code 0x{code:02x}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError("IDX: truncated header")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(_TYPES[code])
-    count = int(np.prod(shape, dtype=np.int64))
-    if len(raw) != header + count * dtype.itemsize:
+    dtype, shape, header = parse_header(raw[:4 + 4 * raw[3]] if len(raw) >= 4 else raw)
+    expected = _data_bytes(dtype, shape)
+    if len(raw) != header + expected:
         raise ValueError(
-            f"IDX: expected {count * dtype.itemsize} data bytes for shape {shape}, "
+            f"expected {expected} data bytes for shape {shape}, "
             f"found {len(raw) - header}"
         )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+def _read_stream(f: BinaryIO, limit: int, limit_what: str) -> bytes:
+    """Header, then exactly the declared data (one byte more to detect trailing data)."""
+    head = f.read(4)
+    if len(head) == 4 and head[:2] == b"\0\0":
+        head += f.read(4 * head[3])
+    dtype, shape, header = parse_header(head)
+    expected = _data_bytes(dtype, shape)
+    if expected > limit:
+        raise ValueError(f"shape {shape} declares {expected} data bytes, more than {limit_what} ({limit})")
+    body = f.read(expected + 1)
+    if len(body) != expected:
+        raise ValueError(f"expected {expected} data bytes for shape {shape}, "
+                         f"found {'more' if len(body) > expected else len(body)}")
+    return head + body
+
+
+def read_idx(path: str | Path, max_bytes: int = MAX_DATA_BYTES) -> np.ndarray:
+    """Read an IDX file (plain or gzip); :class:`DataError` naming the file if it is unusable."""
     p = Path(path)
-    raw = p.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
-    return parse_idx(raw)
+    try:
+        with p.open("rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+            f.seek(0)
+            if gz:
+                with gzip.GzipFile(fileobj=f) as g:
+                    raw = _read_stream(g, max_bytes, "the limit on decompressed data")
+            else:
+                raw = _read_stream(f, min(max_bytes, p.stat().st_size), "the file holds")
+        return parse_idx(raw)
+    except ValueError as err:
+        raise DataError(f"IDX file {str(p)!r}: {err}") from None
+    except (OSError, EOFError, zlib.error) as err:
+        what = "corrupt or truncated gzip data" if isinstance(err, (EOFError, zlib.error, gzip.BadGzipFile)) \
+            else "cannot be read"
+        raise DataError(f"IDX file {str(p)!r}: {what} ({getattr(err, 'strerror', None) or err})") from None
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:

@@ -23,38 +23,80 @@ config. Make one from any source with :func:`write_npz`.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from fedsim.registry import DATASETS
 
+from . import MAX_DATA_BYTES, DataError
+
 from .datasets import Dataset, stratified_split
 
 REQUIRED = ("x_train", "y_train")
+MAX_CLASSES = 100_000  # a label past this is a corrupt file, not a class (the model has C outputs)
 OPTIONAL = ("x_test", "y_test", "num_classes")
 
 
 def _inputs(x: np.ndarray, key: str) -> np.ndarray:
     if x.ndim < 2:
-        raise ValueError(f"npz {key}: expected (N, ...) inputs; got shape {x.shape}")
+        raise ValueError(f"{key}: expected (N, ...) inputs; got shape {x.shape}")
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / np.float32(255.0)  # pixel bytes -> [0, 1]
     elif np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer):
         x = x.astype(np.float32)
     else:
-        raise ValueError(f"npz {key}: expected uint8 or float inputs; got dtype {x.dtype}")
+        raise ValueError(f"{key}: expected uint8 or float inputs; got dtype {x.dtype}")
     if not np.isfinite(x).all():
-        raise ValueError(f"npz {key}: inputs must be finite")
+        raise ValueError(f"{key}: inputs must be finite")
     return x[:, None] if x.ndim == 3 else x  # (N, H, W) -> (N, 1, H, W)
 
 
 def _labels(y: np.ndarray, n: int, key: str) -> np.ndarray:
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"npz {key}: expected {n} integer labels; got shape {y.shape}, dtype {y.dtype}")
+        raise ValueError(f"{key}: expected {n} integer labels; got shape {y.shape}, dtype {y.dtype}")
     if n and y.min() < 0:
-        raise ValueError(f"npz {key}: labels must be >= 0; got {y.min()}")
+        raise ValueError(f"{key}: labels must be >= 0; got {y.min()}")
     return y.astype(np.int64)
+
+
+def _member_bytes(z: zipfile.ZipFile, name: str) -> int:
+    """The bytes an ``.npy`` member declares (from its header: shape x itemsize), unread."""
+    with z.open(name) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)  # what np.load allocates
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"member {name!r}: .npy format version {version} is not supported")
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return count * dtype.itemsize
+
+
+def load_arrays(path: str | Path, max_bytes: int = MAX_DATA_BYTES) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, no pickle; each member's declared size is checked first.
+
+    Raises :class:`DataError` naming the file: not a zip, truncated, a corrupt member,
+    a pickled object, or a member declaring more than ``max_bytes`` (before allocating it).
+    """
+    p = Path(path)
+    try:
+        with zipfile.ZipFile(p) as z:
+            for name in z.namelist():
+                n = _member_bytes(z, name)
+                if n > max_bytes:
+                    raise ValueError(f"member {name!r} declares {n} bytes, more than the limit ({max_bytes})")
+        with np.load(p, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except ValueError as err:  # object arrays need pickle: refused; bad headers
+        raise DataError(f"npz file {str(p)!r}: {' '.join(str(err).split())}") from None
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, KeyError) as err:
+        raise DataError(f"npz file {str(p)!r}: not a readable .npz file "
+                        f"({type(err).__name__}: {getattr(err, 'strerror', None) or err})") from None
 
 
 def read_npz(path: str | Path, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -64,40 +106,52 @@ def read_npz(path: str | Path, test_fraction: float = 0.2, seed: int = 0) -> Dat
     ------
     FileNotFoundError
         No such file.
-    ValueError
-        A missing key, an unknown key, a pickled object, or inconsistent shapes.
+    DataError (a ValueError)
+        Unreadable, a missing key, an unknown key, a pickled object, inconsistent shapes,
+        labels outside ``[0, num_classes)``.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"npz dataset {str(p)!r} not found (set data.path to the .npz file)")
+    arrays = load_arrays(p)
     try:
-        with np.load(p, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ValueError(f"npz dataset {str(p)!r}: not an .npz file ({err})") from None
-    except ValueError as err:  # object arrays need pickle: refused
-        raise ValueError(f"npz dataset {str(p)!r}: {err}") from None
+        return _dataset(arrays, test_fraction, seed)
+    except ValueError as err:
+        raise DataError(f"npz dataset {str(p)!r}: {err}") from None
+
+
+def _dataset(arrays: dict[str, np.ndarray], test_fraction: float, seed: int) -> Dataset:
     missing = [k for k in REQUIRED if k not in arrays]
     unknown = sorted(set(arrays) - set(REQUIRED) - set(OPTIONAL))
     if missing or unknown:
-        raise ValueError(f"npz dataset {str(p)!r}: missing keys {missing}, unknown keys {unknown}; "
+        raise ValueError(f"missing keys {missing}, unknown keys {unknown}; "
                          f"expected {list(REQUIRED)} and optionally {list(OPTIONAL)}")
     if ("x_test" in arrays) != ("y_test" in arrays):
-        raise ValueError(f"npz dataset {str(p)!r}: give both x_test and y_test, or neither")
+        raise ValueError("give both x_test and y_test, or neither")
     x = _inputs(arrays["x_train"], "x_train")
     y = _labels(arrays["y_train"], len(x), "y_train")
+    if len(x) == 0:
+        raise ValueError("x_train holds no examples")
     if "x_test" in arrays:
         xt = _inputs(arrays["x_test"], "x_test")
         yt = _labels(arrays["y_test"], len(xt), "y_test")
         if xt.shape[1:] != x.shape[1:]:
-            raise ValueError(f"npz dataset {str(p)!r}: x_test examples are {xt.shape[1:]}, x_train's {x.shape[1:]}")
+            raise ValueError(f"x_test examples are {xt.shape[1:]}, x_train's {x.shape[1:]}")
     else:
         tr, te = stratified_split(y, test_fraction, np.random.default_rng([seed, 0xDA7A]))
         x, y, xt, yt = x[tr], y[tr], x[te], y[te]
     top = int(max(y.max(initial=0), yt.max(initial=0))) + 1
-    num_classes = int(arrays["num_classes"]) if "num_classes" in arrays else top
-    if num_classes < top or num_classes < 2:
-        raise ValueError(f"npz dataset {str(p)!r}: num_classes={num_classes} but labels reach {top - 1}")
+    if "num_classes" in arrays:
+        nc = arrays["num_classes"]
+        if nc.shape != () or not np.issubdtype(nc.dtype, np.integer):
+            raise ValueError(f"num_classes must be an integer scalar; got shape {nc.shape}, dtype {nc.dtype}")
+        num_classes = int(nc)
+    else:
+        num_classes = top
+    if not 2 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes={num_classes} must be in [2, {MAX_CLASSES}]")
+    if num_classes < top:
+        raise ValueError(f"labels must be in [0, num_classes={num_classes}); they reach {top - 1}")
     return Dataset(x, y, xt, yt, num_classes)
 
 

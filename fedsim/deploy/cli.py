@@ -96,7 +96,25 @@ def add_node(
     typer.echo(f"private key {priv} (copy to the device only; mode 0600)")
     typer.echo(f"public key  {pub}")
     typer.echo("`fedsim deploy server` registers every key in DIR/nodes when it starts; on a running one:")
-    typer.echo(f"  FLWR_HOME={workdir.resolve() / 'flwr'} flwr supernode register {pub.resolve()} fedsim --name {name}")
+    typer.echo("  " + register_command(pub, name, workdir))
+
+
+def register_command(public_key: Path, name: str, workdir: Path) -> str:
+    """The shell command that registers ``public_key`` on a running ``fedsim deploy server``:
+    absolute paths (the flwr executable, the key, the server's FLWR_HOME), shell-quoted, so it
+    works from any directory; the same argv the server runs (:func:`commands.register_node_argv`)."""
+    import shlex
+
+    from .commands import register_node_argv
+    from .procs import DeployError, flower_executable
+    from .server import CONNECTION
+
+    try:
+        flwr = flower_executable("flwr")
+    except DeployError:
+        flwr = "flwr"
+    argv = register_node_argv(str(public_key.resolve()), CONNECTION, name=name, flwr=flwr)
+    return f"FLWR_HOME={shlex.quote(str(workdir.resolve() / 'flwr'))} " + shlex.join(argv)
 
 
 @app.command()
@@ -110,6 +128,9 @@ def server(
     database: Optional[str] = typer.Option(None, help="SQLite file for the SuperLink's state (default: memory)"),
     timeout: Optional[float] = typer.Option(None, help="stop the run after this many seconds"),
     poll: float = typer.Option(5.0, help="seconds between run status checks (each starts `flwr ls`)"),
+    round_timeout: Optional[float] = typer.Option(
+        None, help="seconds a round waits for replies (default: the config's simulation.round_timeout if it "
+                   "sets one, else 120)"),
 ) -> None:
     """Start a SuperLink (TLS + node auth), register DIR/nodes/*.pub, run CONFIG, follow it.
 
@@ -127,7 +148,7 @@ def server(
     signal.signal(signal.SIGTERM, on_term)  # systemd/CI stop: stop the run and the SuperLink
     opts = ServerOptions(config=config, certs=certs_dir, overrides=list(set_ or []), workdir=workdir,
                          fleet_address=fleet_address, control_port=control_port, database=database,
-                         timeout=timeout, poll=poll)
+                         timeout=timeout, poll=poll, round_timeout=round_timeout)
     try:
         code = Deployment(opts, say=lambda s: typer.echo(s)).run()
     except (ConfigError, PluginError, ValueError) as err:

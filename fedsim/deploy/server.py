@@ -35,6 +35,12 @@ from . import commands as C
 from .procs import DeployError, Proc, bin_dir, flower_executable, lock_directory, run_json, start, stop, wait_for_text
 
 CONNECTION = "fedsim"
+DEPLOY_ROUND_TIMEOUT = 120.0
+"""Seconds a deployed round waits for replies unless the config sets
+``simulation.round_timeout`` (or ``--round-timeout`` is given): a dead node holds every
+round it is sampled in for this long, so the simulation default (600 s, for Ray start-up
+and slow simulated clients) is too long for real devices. Budget a round on the slowest
+device plus a few seconds of polling and process start-up (docs/deploy.md)."""
 APP_NAME = "fedsim-deploy"
 FINISHED = "finished:"
 Say = Callable[[str], None]
@@ -88,6 +94,25 @@ def registration_outcome(reply: dict[str, Any]) -> str:
     raise DeployError(f"node registration failed: {err}")
 
 
+def deploy_round_timeout(config: Path, overrides: Sequence[str], given: float | None) -> float | None:
+    """The round timeout a deployment adds to the overrides, or None to keep the config's.
+
+    ``--round-timeout`` wins; a config file or an override that sets
+    ``simulation.round_timeout`` is kept; otherwise :data:`DEPLOY_ROUND_TIMEOUT`.
+    """
+    from fedsim.config import read_config_file
+
+    if given is not None:
+        if not given > 0:
+            raise ValueError(f"--round-timeout must be > 0 seconds; got {given}")
+        return float(given)
+    sim = read_config_file(config).get("simulation")
+    if (isinstance(sim, dict) and "round_timeout" in sim) or any(
+            o.split("=", 1)[0].strip() in ("simulation.round_timeout", "simulation") for o in overrides):
+        return None
+    return DEPLOY_ROUND_TIMEOUT
+
+
 def find_run_dir(output_dir: Path, name: str, since: float) -> Path | None:
     """The newest ``<output_dir>/<name>-*`` made at or after ``since`` (epoch seconds)."""
     if not output_dir.is_dir():
@@ -122,6 +147,7 @@ class ServerOptions:
     timeout: float | None = None
     poll: float = 5.0
     startup_timeout: float = 60.0
+    round_timeout: float | None = None  # None: the config's, else DEPLOY_ROUND_TIMEOUT
 
 
 @dataclass
@@ -148,13 +174,18 @@ class Deployment:
     def check(self) -> tuple[Any, list[str]]:
         """Validate the config; return it and the overrides the ServerApp gets."""
         from fedsim.config import check_plugins, load_config
+        from fedsim.preflight import check_resources
 
         cfg = load_config(self.opts.config, self.opts.overrides)
         check_plugins(cfg)
+        check_resources(cfg)
         out_dir = Path(cfg.output.dir).expanduser()
         if not out_dir.is_absolute():  # the ServerApp runs in Flower's working directory
             out_dir = Path.cwd() / out_dir
         overrides = [*self.opts.overrides, f"output.dir={out_dir}"]
+        timeout = deploy_round_timeout(self.opts.config, self.opts.overrides, self.opts.round_timeout)
+        if timeout is not None:
+            overrides.append(f"simulation.round_timeout={timeout}")
         return load_config(self.opts.config, overrides), overrides
 
     def tls(self) -> C.ServerTls:
@@ -230,14 +261,8 @@ class Deployment:
         last, seen, run_dir, next_poll = "", 0, None, 0.0
         while True:
             run_dir = run_dir or find_run_dir(Path(cfg.output.dir), cfg.name, submitted)
-            ending = False
-            if run_dir is not None and (run_dir / "metrics.jsonl").exists():
-                rows = (run_dir / "metrics.jsonl").read_text().splitlines()
-                for line in rows[seen:]:
-                    if line.endswith("}"):
-                        self.log(round_line(json.loads(line), cfg.rounds))
-                        seen += 1
-                ending = (run_dir / "summary.json").exists()
+            seen = self.print_rows(run_dir, seen, cfg.rounds)
+            ending = run_dir is not None and (run_dir / "summary.json").exists()
             if time.monotonic() >= next_poll:
                 status, details = self.status(run_id)
                 next_poll = time.monotonic() + (min(o.poll, 1.0) if ending else o.poll)
@@ -245,11 +270,27 @@ class Deployment:
                     self.log(f"run {run_id}: {status}{(' - ' + details) if details and details != 'N/A' else ''}")
                     last = status
                 if status.startswith(FINISHED):
+                    # the rows written since the last read (the last round, at least)
+                    run_dir = run_dir or find_run_dir(Path(cfg.output.dir), cfg.name, submitted)
+                    self.print_rows(run_dir, seen, cfg.rounds)
                     return status, details, run_dir
             if deadline is not None and time.monotonic() > deadline:
                 self.stop_run()
                 raise DeployError(f"run {run_id} did not finish within {o.timeout:.0f} s (stopped)")
             time.sleep(0.5)
+
+    def print_rows(self, run_dir: Path | None, seen: int, rounds: int) -> int:
+        """Log the complete metrics rows after the first ``seen``; the number of rows seen."""
+        if run_dir is None or not (run_dir / "metrics.jsonl").exists():
+            return seen
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()[seen:]:
+            try:
+                row = json.loads(line)
+            except ValueError:  # a row being written: read again next time
+                break
+            self.log(round_line(row, rounds))
+            seen += 1
+        return seen
 
     def stop_run(self) -> None:
         rid = self.state.run_id

@@ -11,12 +11,17 @@ it is the ``simulation.backend: inprocess`` option of ``fedsim run``.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+
+from fedsim.state import read_state, write_state
+from fedsim.wire import to_record
 
 _ERROR_CODE = 0
 
@@ -97,6 +102,38 @@ class InProcessGrid(Grid):
             self._replies[mid] = _roundtrip(reply) if self.serialize else reply
             ids.append(mid)
         return ids
+
+    # -- client state (checkpoints) ---------------------------------------------------
+    def _client_contexts(self) -> dict[int, Context]:
+        """Client (partition) id -> that node's Context."""
+        return {int(ctx.node_config["partition-id"]): ctx for ctx in self.contexts.values()}
+
+    def save_client_states(self, directory: Path) -> int:
+        """Write every client's non-empty ``Context.state`` arrays as ``<directory>/client-<id>.npz``
+        (the id is the partition id; the format of :func:`fedsim.state.write_state`, as the pool
+        backend writes them); return the count."""
+        n = 0
+        for cid, ctx in sorted(self._client_contexts().items()):
+            kept = {key: {k: a.numpy() for k, a in rec.items()} for key, rec in ctx.state.array_records.items()
+                    if len(rec)}
+            if kept:
+                write_state(Path(directory) / f"client-{cid}.npz", kept)
+                n += 1
+        return n
+
+    def load_client_states(self, directory: Path) -> int:
+        """Give each client the state :meth:`save_client_states` wrote for it; return the count."""
+        contexts = self._client_contexts()
+        n = 0
+        for path in sorted(Path(directory).glob("client-*.npz")):
+            m = re.fullmatch(r"client-(\d+)\.npz", path.name)
+            if m is None or int(m.group(1)) not in contexts:
+                raise ValueError(f"{str(path)!r} names no client of this grid")
+            state = contexts[int(m.group(1))].state
+            for key, arrays in read_state(path).items():
+                state[key] = to_record(arrays)
+            n += 1
+        return n
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(m) for m in message_ids if m in self._replies]

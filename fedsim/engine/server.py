@@ -1,5 +1,11 @@
 """The ServerApp's body: discovery, the round loop, server-side evaluation, metrics.
 
+After every round the loop keeps ``status.json`` current (:mod:`fedsim.runstatus`),
+saves the best model so far (``model-best.npz``, by test accuracy) and, every
+``checkpoint.every`` rounds, a checkpoint (:mod:`fedsim.checkpoint`); at the end it
+saves ``model-final.npz``. A run directory that holds a checkpoint is continued from it
+(``fedsim run --resume RUN_DIR``) instead of starting at round 0.
+
 The loop calls the strategy through Flower's ``Strategy`` interface only
 (``configure_train`` -> ``Grid.send_and_receive`` -> ``aggregate_train``), as
 ``Strategy.start`` does, so any Flower strategy runs; fedsim's own loop adds the
@@ -11,16 +17,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from fedsim import checkpoint
 from fedsim.attacks.base import attacker_ids
+from fedsim.checkpoint import Part, save_arrays
 from fedsim.config import ClientSpec, Config
 from fedsim.metrics import Recorder, summarize
 from fedsim.registry import CODECS, STRATEGIES
+from fedsim.runstatus import write_status
 from fedsim.wire import METRICS, SPEC_KEY
 
 from .failure import FailurePolicy
@@ -164,14 +174,12 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
         wrapper.flops_per_sample = evaluator.training_flops_per_sample()
     wrapper.evaluator = evaluator  # strategies with per-client models evaluate them through it
 
-    recorder = Recorder(run_dir)
+    start = resume_or_start(grid, cfg, run_dir, wrapper, evaluator)
+    arrays, recorder = start.arrays, start.recorder
+    t_start = time.perf_counter() - start.wall_time
     policy = FailurePolicy.from_config(cfg.failure)
-    arrays = evaluator.initial_arrays()
-    loss, acc = evaluator(arrays)
-    recorder.round({"round": 0, "test_accuracy": acc, "test_loss": loss, "bytes_up": 0, "bytes_down": 0, "wall_time": 0.0})
-    t_start = time.perf_counter()
     try:
-        for rnd in range(1, cfg.rounds + 1):
+        for rnd in range(start.round + 1, cfg.rounds + 1):
             msgs = wrapper.configure_train(rnd, arrays, ConfigRecord(), grid)
             replies = grid.send_and_receive(msgs, timeout=cfg.simulation.round_timeout)
             new_arrays, train_metrics = wrapper.aggregate_train(rnd, replies)
@@ -195,13 +203,99 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
                 row["test_loss"] = row["test_accuracy"] = None
             row["wall_time"] = time.perf_counter() - t_start
             row = recorder.round(row, s.clients)
+            log_missing(rnd, s.clients, cfg.simulation.round_timeout)
+            end_of_round(cfg, run_dir, rnd, arrays, row, recorder.rows, wrapper, grid)
             if progress is not None:
                 progress(row)
             policy.after_round(rnd, s.clients, model_updated=new_arrays is not None)  # RunFailed past a limit
+    except BaseException as err:
+        write_status(run_dir, "failed", len(recorder.rows) - 1, cfg.rounds, f"{type(err).__name__}: {err}"[:500])
+        raise
     finally:
         recorder.close()
     summary = summarize(recorder.rows, cfg.target_accuracy)
     import json
 
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    save_arrays(run_dir / FINAL_MODEL, arrays)
+    write_status(run_dir, "finished", cfg.rounds, cfg.rounds)
     return summary
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+FINAL_MODEL = "model-final.npz"
+BEST_MODEL = "model-best.npz"
+
+
+REDISCOVERED = frozenset({"_client_to_node", "num_examples"})  # the wrapper's, from discovery
+
+
+@dataclass
+class Start:
+    """Where the round loop starts: the model, the last completed round, the recorder."""
+
+    arrays: ArrayRecord
+    round: int
+    recorder: Recorder
+    wall_time: float = 0.0
+
+
+def checkpoint_parts(wrapper: FedsimWrapper, grid: Grid) -> dict[str, Part]:
+    """What a checkpoint holds besides the model: the strategy in full (everything but the
+    wrapper, codec, evaluator and grid it points to), and the plain counters and clock of
+    the wrapper and of the network model (not what discovery finds again: node ids change
+    from one start to the next)."""
+    skip = (wrapper, wrapper.codec, wrapper.evaluator, grid, wrapper.network)
+    none: frozenset[str] = frozenset()
+    parts: dict[str, Part] = {"strategy": (wrapper.inner, skip, False, none),
+                              "wrapper": (wrapper, (), True, REDISCOVERED)}
+    if wrapper.network is not None:
+        parts["network"] = (wrapper.network, (), True, none)
+    return parts
+
+
+def resume_or_start(grid: Grid, cfg: Config, run_dir: Path, wrapper: FedsimWrapper, evaluator: Evaluator) -> Start:
+    """Continue from the run directory's last checkpoint if it has one; else evaluate round 0."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    found = checkpoint.latest(run_dir)
+    if found is None:
+        write_status(run_dir, "running", 0, cfg.rounds)
+        recorder = Recorder(run_dir)
+        arrays = evaluator.initial_arrays()
+        loss, acc = evaluator(arrays)
+        recorder.round({"round": 0, "test_accuracy": acc, "test_loss": loss, "bytes_up": 0, "bytes_down": 0,
+                        "wall_time": 0.0})
+        return Start(arrays, 0, recorder)
+    parts = {name: part[0] for name, part in checkpoint_parts(wrapper, grid).items()}
+    arrays, state = checkpoint.restore_checkpoint(found, parts, grid, checkpoint.codec_is_stateful(wrapper.codec))
+    rows, rnd = state["rows"], int(state["round"])
+    checkpoint.rewind_run_files(run_dir, rows, rnd)
+    recorder = Recorder(run_dir)
+    recorder.restore(rows)
+    write_status(run_dir, "running", rnd, cfg.rounds)
+    log.info("resumed %s from its checkpoint of round %d", run_dir, rnd)
+    return Start(arrays, rnd, recorder, float(rows[-1].get("wall_time") or 0.0))
+
+
+def log_missing(rnd: int, clients: list[Any], timeout: float) -> None:
+    """A log line for each client that sent nothing back in time (late, or its node is down).
+
+    Failed clients (an error reply) are logged by the wrapper as their reply arrives."""
+    for c in clients:
+        if c.status == "no-reply":
+            log.warning("round %d: client %d sent no reply within the round timeout of %.0f s (late, or its "
+                        "node is down)", rnd, c.client, timeout)
+
+
+def end_of_round(cfg: Config, run_dir: Path, rnd: int, arrays: ArrayRecord, row: dict[str, Any],
+                 rows: list[dict[str, Any]], wrapper: FedsimWrapper, grid: Grid) -> None:
+    """After a round's row is written: the best model, the checkpoint, the status file."""
+    acc = row.get("test_accuracy")
+    if acc is not None and acc > max((r["test_accuracy"] for r in rows[:-1] if r.get("test_accuracy") is not None),
+                                     default=-1.0):
+        save_arrays(run_dir / BEST_MODEL, arrays)
+    every = cfg.checkpoint.every
+    if every and (rnd % every == 0 or rnd == cfg.rounds):
+        checkpoint.save_checkpoint(run_dir, rnd, arrays, checkpoint_parts(wrapper, grid), grid, {"rows": rows})
+    write_status(run_dir, "running", rnd, cfg.rounds)
