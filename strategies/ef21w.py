@@ -262,6 +262,10 @@ class EF21W(ServerEvaluatedStrategy):
     def bind_wrapper(self, wrapper: Any) -> None:
         self.wrapper = wrapper
 
+    def prepare_resume(self, arrays: ArrayRecord) -> None:
+        """Before a checkpoint's state is restored: build what the first round builds."""
+        self._setup(arrays)
+
     def _setup(self, arrays: ArrayRecord) -> None:
         if self.wrapper is None:
             raise RuntimeError("EF21W runs inside fedsim's FedsimWrapper (it needs the client ids and the spec)")

@@ -133,8 +133,8 @@ def test_stateful_strategies_resume_exactly(tmp_path, cfg_factory, overrides):
 
 def test_ef21w_resume_is_refused_with_the_reason(tmp_path, cfg_factory, monkeypatch):
     """EF21-W builds its wire objects in its first round (from the model and the client
-    ids): without ``prepare_resume`` a fresh EF21W lacks them, so its checkpoint cannot be
-    restored; said clearly, by name."""
+    ids): with its ``prepare_resume`` taken away, a fresh EF21W lacks them, so its
+    checkpoint cannot be restored; said clearly, by name."""
     from fedsim.clients.app import app
     from fedsim.engine.inprocess import InProcessGrid
     from fedsim.engine.server import run_server
@@ -150,13 +150,9 @@ def test_ef21w_resume_is_refused_with_the_reason(tmp_path, cfg_factory, monkeypa
         run_server(InProcessGrid(app, cfg.data.num_clients), cfg, tmp_path)
 
 
-def test_prepare_resume_lets_ef21w_resume_exactly(tmp_path, cfg_factory, monkeypatch):
+def test_prepare_resume_lets_ef21w_resume_exactly(tmp_path, cfg_factory):
     """With ``prepare_resume`` running EF21-W's first-round set-up, its checkpoint restores
     (x, g, the acknowledged rounds, the learned L_i, the plan) and the run resumes exactly."""
-    from fedsim.strategies.ef21w import EF21W
-
-    if not hasattr(EF21W, "prepare_resume"):
-        monkeypatch.setattr(EF21W, "prepare_resume", lambda self, arrays: self._setup(arrays), raising=False)
     cfg = cfg_factory("strategy={name: ef21w, params: {compressor: topk, k: 8}}", "model.name=logreg-ncvx",
                       "model.params={lam: 0.1}", "data.name=digits-binary", "clients_per_round=10", "rounds=3")
     assert_resumes_exactly(cfg, tmp_path, stop_at=1)

@@ -1,7 +1,8 @@
 """``fedsim run`` killed with SIGKILL mid-run, then ``fedsim run --resume``: the final model
 bytes and every metric row (but wall time) equal an uninterrupted run's. A stateful codec
-(top-k with error feedback: every client keeps memory) and a stateful strategy (FedAvgM:
-server momentum), so both kinds of state must come back from the checkpoint."""
+(top-k with error feedback: every client keeps memory, on the pool's Ray workers) and a
+stateful strategy (FedAvgM: server momentum), so both kinds of state must come back from the
+checkpoint."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from fedsim.runstatus import run_status
 pytestmark = pytest.mark.e2e  # three fedsim processes (about a minute)
 
 ROUNDS, KILL_AT = 5, 2
-ARGS = ["--set", "simulation.backend=inprocess", "--set", f"rounds={ROUNDS}", "--set", "eval_every=2",
+ARGS = ["--set", "simulation.backend=pool", "--set", f"rounds={ROUNDS}", "--set", "eval_every=2",
         "--set", "strategy={name: fedavgm, params: {server_momentum: 0.9}}",
         "--set", "codec={name: topk, params: {density: 0.1}}",
         "--set", "data.name=digits", "--set", "data.num_clients=8", "--set", "data.partition.kind=iid",
