@@ -105,3 +105,14 @@ def test_a_client_that_never_replies_gets_a_log_line(tmp_path, caplog):
         run_server(grid, cfg, tmp_path)
     lines = [r.getMessage() for r in caplog.records if "no reply" in r.getMessage()]
     assert lines == ["round 1: client 4 sent no reply within the round timeout of 3 s (late, or its node is down)"]
+
+
+def test_export_data_refuses_a_natural_dataset_with_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedsim.deploy.cli import app
+
+    res = CliRunner().invoke(app, ["export-data", "configs/quickstart.yaml", str(tmp_path / "x.npz"),
+                                   "--set", "data.name=synthetic", "--set", "data.partition.kind=natural",
+                                   "--set", "data.num_clients=20"])
+    assert res.exit_code == 2 and "natural" in res.output and not (tmp_path / "x.npz").exists()

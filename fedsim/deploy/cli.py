@@ -243,6 +243,9 @@ def export_data(
         ds = load_dataset(cfg.data, cfg.seed)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
+    if getattr(ds, "natural", False):
+        _fail(f"dataset {cfg.data.name!r} comes split by client (natural): it has no single training set to "
+              f"export; each device loads it from data.path itself (see docs/datasets.md)")
     write_npz(out, ds.x_train, ds.y_train, ds.x_test, ds.y_test)
     typer.echo(f"{out}: {len(ds.y_train)} train and {len(ds.y_test)} test examples of shape "
                f"{ds.input_shape}, {ds.num_classes} classes ({out.stat().st_size / 1e6:.1f} MB)")
