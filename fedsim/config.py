@@ -9,8 +9,10 @@ Plugin names (strategy, codec, model, dataset, attack) are resolved by
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -431,7 +433,8 @@ def check_plugins(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r}: {name!r} is a {type(factory).__name__}, not {what}")
         section = key.partition(".")[0]
         try:
-            built = factory(**(params or {}))
+            with _flower_quiet():  # a built strategy's notices are said again when the run builds it
+                built = factory(**(params or {}))
         except (ValueError, TypeError, ArithmeticError) as err:
             raise ConfigError(f"config key {section + '.params'!r}: {registry.kind} {name!r} refused its "
                               f"parameters: {one_line(err)}") from None
@@ -441,6 +444,17 @@ def check_plugins(cfg: Config) -> None:
     from fedsim.data.datasets import check_data
 
     check_data(cfg.data)  # data.params, and data.partition.kind against the dataset
+
+
+@contextlib.contextmanager
+def _flower_quiet() -> Iterator[None]:
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def one_line(err: BaseException, limit: int = 300) -> str:

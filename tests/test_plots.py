@@ -53,7 +53,10 @@ def test_figures_per_metric_and_axis(tmp_path):
 
 
 def write_run(d, accs, cfg):
+    from fedsim.runstatus import write_status
+
     d.mkdir()
+    write_status(d, "finished", len(accs) - 1, len(accs) - 1)
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(accs)))
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
 

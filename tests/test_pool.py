@@ -228,7 +228,8 @@ def test_two_node_ray_cluster_runs_workers_on_both_nodes(tmp_path):
 @pytest.mark.e2e
 def test_fedsim_run_with_a_wrong_ray_address_exits_2_with_one_line(tmp_path):
     args = ["run", "configs/quickstart.yaml", "--out", str(tmp_path), "--set", "data.name=digits",
-            "--set", f"simulation.ray_address=127.0.0.1:{free_port()}", "--set", "model.name=mlp"]
+            "--set", "data.num_clients=20", "--set", f"simulation.ray_address=127.0.0.1:{free_port()}",
+            "--set", "model.name=mlp"]
     t0 = time.monotonic()
     res = subprocess.run(FEDSIM + args, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr[-2000:]

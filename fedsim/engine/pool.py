@@ -486,12 +486,15 @@ class PoolGrid(Grid):
         import ray
 
         directory.mkdir(parents=True, exist_ok=True)
+        self._await_restarts()
         return sum(len(c) for c in ray.get([w.save_states.remote(str(directory)) for w in self.workers]))
 
     def load_client_states(self, directory: Path) -> int:
         """Restore the states :meth:`save_client_states` wrote, each client to its worker."""
         import ray
 
+        self.wait_ready()
+        self._await_restarts()
         clients = sorted(int(p.stem.split("-", 1)[1]) for p in Path(directory).glob("client-*.npz"))
         clients = [c for c in clients if 0 <= c < self.num_clients]
         per: dict[int, list[int]] = {}
@@ -504,6 +507,7 @@ class PoolGrid(Grid):
     def state_stats(self) -> list[dict[str, int]]:
         import ray
 
+        self._await_restarts()
         return list(ray.get([w.state_stats.remote() for w in self.workers]))
 
     def refresh(self) -> None:
