@@ -147,6 +147,9 @@ class CheckpointConfig(_Model):
     """What a run saves so that ``fedsim run --resume RUN_DIR`` can continue it (docs/checkpoint.md)."""
 
     every: int = Field(1, ge=0, description="save a checkpoint every k rounds and after the last (0: never)")
+    min_interval_s: float = Field(
+        30.0, ge=0, description="but not sooner than this many seconds after the previous one (the last round "
+                                "always saves): saving every client's state each round would dominate short rounds")
 
 
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # and no '..' (checked in Config)

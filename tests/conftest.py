@@ -17,7 +17,8 @@ def small_config(*overrides: str) -> Config:
     """Digits, 10 clients, 5 a round, an MLP: seconds per run in process."""
     base = ["name=test", "data.name=digits", "data.num_clients=10", "data.partition.kind=iid",
             "clients_per_round=5", "rounds=3", "model.name=mlp", "model.params={hidden: 32}",
-            "train.lr=0.1", "train.batch_size=16", "output.progress=false", "output.plots=false"]
+            "train.lr=0.1", "train.batch_size=16", "output.progress=false", "output.plots=false",
+            "checkpoint.min_interval_s=0"]  # tests resume from a checkpoint of every round
     return load_config(None, base + list(overrides))
 
 

@@ -171,3 +171,18 @@ def test_run_status_and_compare_warns_about_unfinished_runs(tmp_path):
     write_status(run, "running", 0, 20)
     res = CliRunner().invoke(app, ["compare", str(run), "--out", str(tmp_path / "plots")])
     assert res.exit_code == 0 and "run killed: unfinished (stopped after round 0 of 20" in res.output
+
+
+def test_min_interval_skips_due_checkpoints_but_not_the_first_or_the_last(tmp_path, cfg_factory):
+    """checkpoint.min_interval_s: round 1 saves (no previous one), rounds 2-3 are skipped (the
+    previous is younger than an hour), the last round saves."""
+    from unittest import mock
+
+    from conftest import run_inprocess
+
+    from fedsim.engine import server
+
+    cfg = cfg_factory("rounds=4", "checkpoint.min_interval_s=3600")
+    with mock.patch.object(server.checkpoint, "save_checkpoint", wraps=server.checkpoint.save_checkpoint) as spy:
+        run_inprocess(cfg, tmp_path)
+    assert [c.args[1] for c in spy.call_args_list] == [1, 4]

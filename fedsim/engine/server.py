@@ -178,6 +178,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
     arrays, recorder = start.arrays, start.recorder
     t_start = time.perf_counter() - start.wall_time
     policy = FailurePolicy.from_config(cfg.failure)
+    saved = [-float("inf")]  # wall time of the last checkpoint
     try:
         for rnd in range(start.round + 1, cfg.rounds + 1):
             msgs = wrapper.configure_train(rnd, arrays, ConfigRecord(), grid)
@@ -204,7 +205,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
             row["wall_time"] = time.perf_counter() - t_start
             row = recorder.round(row, s.clients)
             log_missing(rnd, s.clients, cfg.simulation.round_timeout)
-            end_of_round(cfg, run_dir, rnd, arrays, row, recorder.rows, wrapper, grid)
+            end_of_round(cfg, run_dir, rnd, arrays, row, recorder.rows, wrapper, grid, saved)
             if progress is not None:
                 progress(row)
             policy.after_round(rnd, s.clients, model_updated=new_arrays is not None)  # RunFailed past a limit
@@ -289,13 +290,24 @@ def log_missing(rnd: int, clients: list[Any], timeout: float) -> None:
 
 
 def end_of_round(cfg: Config, run_dir: Path, rnd: int, arrays: ArrayRecord, row: dict[str, Any],
-                 rows: list[dict[str, Any]], wrapper: FedsimWrapper, grid: Grid) -> None:
-    """After a round's row is written: the best model, the checkpoint, the status file."""
+                 rows: list[dict[str, Any]], wrapper: FedsimWrapper, grid: Grid,
+                 saved: list[float] | None = None) -> None:
+    """After a round's row is written: the best model, the checkpoint, the status file.
+
+    A checkpoint is due every ``checkpoint.every`` rounds, but is skipped when the previous
+    one (its wall time in ``saved[0]``) is less than ``checkpoint.min_interval_s`` old, so
+    that saving every client's state does not dominate short rounds; the last round always
+    saves."""
     acc = row.get("test_accuracy")
     if acc is not None and acc > max((r["test_accuracy"] for r in rows[:-1] if r.get("test_accuracy") is not None),
                                      default=-1.0):
         save_arrays(run_dir / BEST_MODEL, arrays)
     every = cfg.checkpoint.every
-    if every and (rnd % every == 0 or rnd == cfg.rounds):
+    last = saved[0] if saved else -float("inf")
+    due = every and (rnd % every == 0 and time.monotonic() - last >= cfg.checkpoint.min_interval_s
+                     or rnd == cfg.rounds)
+    if due:
         checkpoint.save_checkpoint(run_dir, rnd, arrays, checkpoint_parts(wrapper, grid), grid, {"rows": rows})
+        if saved is not None:
+            saved[0] = time.monotonic()
     write_status(run_dir, "running", rnd, cfg.rounds)
