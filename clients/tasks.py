@@ -27,11 +27,12 @@ from __future__ import annotations
 import functools
 import json
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
 from fedsim.codecs.model import encode_update, flatten, init_states, tensor_infos, unflatten
 from fedsim.config import ClientSpec, PluginSpec
@@ -58,6 +59,21 @@ def build_codec(spec: PluginSpec) -> Any:
     return _codec(spec.name, json.dumps(spec.params, sort_keys=True))
 
 
+_LAST_MODEL: list[Any] = [None, None]  # [weak reference to an ArrayRecord, (names, float32 arrays)]
+
+
+def decoded_model(record: ArrayRecord) -> tuple[list[str], list[np.ndarray]]:
+    """The record's tensors as float32 arrays, decoded once per record object: a pool worker
+    hands one shared record to all the clients of its round (``np.load`` of each tensor
+    costs about as much as a small model's training step). Callers must not modify them."""
+    ref, cached = _LAST_MODEL
+    if ref is not None and ref() is record:
+        return cached  # type: ignore[no-any-return]
+    out = (list(record.keys()), [np.asarray(a, dtype=np.float32) for a in record.to_numpy_ndarrays()])
+    _LAST_MODEL[:] = [weakref.ref(record), out]
+    return out
+
+
 @dataclass
 class Job:
     """Everything a task may use: the message, this node's context and the parsed config."""
@@ -75,9 +91,9 @@ class Job:
         return ContextStore(self.context)
 
     def model(self) -> tuple[list[str], list[np.ndarray]]:
-        """The tensor names and float32 arrays of the model in the message."""
-        record = self.message.content.array_records[ARRAYS]
-        return list(record.keys()), [np.asarray(a, dtype=np.float32) for a in record.to_numpy_ndarrays()]
+        """The tensor names and float32 arrays of the model in the message (fresh copies)."""
+        names, arrays = decoded_model(self.message.content.array_records[ARRAYS])
+        return list(names), [a.copy() for a in arrays]
 
     def codec_spec(self) -> PluginSpec:
         """The codec this client encodes with: ``fedsim.codec`` if the strategy set it, else the run's."""

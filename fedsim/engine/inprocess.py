@@ -44,7 +44,22 @@ def _children(obj: Any) -> dict[str, Any] | None:
     return out
 
 
-class InProcessGrid(Grid):
+class LocalGrid(Grid):
+    """What fedsim's simulated grids share: no run to set, messages made directly."""
+
+    def set_run(self, run_id: int) -> None:  # pragma: no cover - nothing to do
+        pass
+
+    @property
+    def run(self) -> Any:  # pragma: no cover
+        return None
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:  # pragma: no cover - unused by fedsim
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+
+class InProcessGrid(LocalGrid):
     """A grid of ``num_nodes`` nodes whose ClientApp runs in this process."""
 
     def __init__(self, client_app: Any, num_nodes: int, node_config: dict[int, dict[str, Any]] | None = None,
@@ -64,17 +79,6 @@ class InProcessGrid(Grid):
         self._replies: dict[str, Message] = {}
         self.down: set[int] = set()  # nodes that never answer (tests of failures)
         self.dead: set[int] = set()  # nodes whose SuperLink answers "node unavailable" for them
-
-    def set_run(self, run_id: int) -> None:  # pragma: no cover - nothing to do
-        pass
-
-    @property
-    def run(self) -> Any:  # pragma: no cover
-        return None
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:  # pragma: no cover - unused by fedsim
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)

@@ -49,9 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
-from flwr.serverapp import Grid
-
 from fedsim.config import Config
+
+from .inprocess import LocalGrid
 
 log = logging.getLogger("fedsim")
 
@@ -263,7 +263,7 @@ def init_ray(cfg: Config, run_dir: Path) -> None:
         ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
 
 
-class PoolGrid(Grid):
+class PoolGrid(LocalGrid):
     """A Flower ``Grid`` of ``num_clients`` virtual clients over K Ray actors.
 
     Parameters
@@ -342,17 +342,6 @@ class PoolGrid(Grid):
 
     # -- Grid --------------------------------------------------------------------------
     nodes_fixed = True  # virtual clients never leave: the wrapper need not ask for the nodes each round
-
-    def set_run(self, run_id: int) -> None:  # pragma: no cover - nothing to do
-        pass
-
-    @property
-    def run(self) -> Any:  # pragma: no cover
-        return None
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:  # pragma: no cover - unused by fedsim
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
         return [node_id(c) for c in range(self.num_clients)]
