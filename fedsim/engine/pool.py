@@ -463,7 +463,10 @@ class PoolGrid(LocalGrid):
         t0 = time.perf_counter()
         ids = list(self.push_messages(messages))
         self._collect(timeout)
-        self._inflight.clear()  # what did not come back in time is not waited for again
+        for batch in self._inflight:  # late: not waited for again; state they may still write stays put
+            for msg in batch.messages:
+                self.owner[self._client(msg.metadata.dst_node_id)] = batch.worker
+        self._inflight.clear()
         out = [self._replies.pop(m) for m in ids if m in self._replies]
         self.stats.rounds += 1
         self.stats.round_s.append(time.perf_counter() - t0)
