@@ -1,4 +1,4 @@
-"""End to end: DGC through `fedsim run`, Flower's simulation engine on Ray.
+"""End to end: DGC through `fedsim run`, Flower's own simulation engine on Ray (backend flower).
 
 MNIST-5k, 20 clients, 10 a round, the MLP (784-128-10): ``fc1.weight`` 100,352 entries,
 ``fc2.weight`` 1,280, biases 138. At density 0.001 a client sends at most
@@ -29,7 +29,7 @@ def test_dgc_on_ray_completes_learns_and_sends_far_less_than_dense(tmp_path):
             "--set", "clients_per_round=10", "--set", "rounds=3", "--set", "model.name=mlp",
             "--set", "model.params={}", "--set", "train.lr=0.1", "--set", "codec.params.warmup_rounds=2",
             "--set", "codec.params.values=float32", "--set", "codec.params.index_coding=uint32",
-            "--set", "simulation.backend=ray", "--set", "output.plots=false"]
+            "--set", "simulation.backend=flower", "--set", "output.plots=false"]
     res = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT,
                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

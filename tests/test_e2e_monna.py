@@ -26,7 +26,7 @@ SMALL = ["data.name=digits", "data.num_clients=10", "clients_per_round=10", "rou
 
 def test_monna_on_ray_learns_under_sign_flipping_and_fedavg_does_not(tmp_path):
     args = [sys.executable, "-m", "fedsim.cli", "run", "configs/monna_mnist.yaml", "--out", str(tmp_path),
-            "--set", "simulation.backend=ray", "--set", "name=e2e-monna",
+            "--set", "simulation.backend=flower", "--set", "name=e2e-monna",
             "--set", "strategy.params={f: 2, lr: 0.5, beta: 0.9, local_steps: 20, evaluate_every: 1}"]
     for o in SMALL:
         args += ["--set", o]

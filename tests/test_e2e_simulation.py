@@ -1,4 +1,4 @@
-"""End to end: `fedsim run` as a user runs it, through Flower's simulation engine on Ray."""
+"""End to end: `fedsim run` as a user runs it, on the default backend (the pool of Ray workers)."""
 
 import json
 import os

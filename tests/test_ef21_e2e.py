@@ -12,7 +12,7 @@ pytestmark = pytest.mark.e2e
 
 def test_ef21w_through_ray_decreases_the_gradient_norm(tmp_path):
     args = [sys.executable, "-m", "fedsim.cli", "run", "configs/ef21w_mnist5k.yaml", "--out", str(tmp_path),
-            "--set", "name=e2e-ef21w", "--set", "rounds=3", "--set", "simulation.backend=ray",
+            "--set", "name=e2e-ef21w", "--set", "rounds=3", "--set", "simulation.backend=flower",
             "--set", "data.name=digits-binary", "--set", "data.num_clients=4", "--set", "clients_per_round=4",
             "--set", "strategy.params={compressor: topk, k: 4, multiplier: 8}", "--set", "output.progress=false"]
     res = subprocess.run(args, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -108,7 +108,7 @@ def test_pool_equals_inprocess_and_flower_round_by_round(tmp_path, ray_local):
 
     # Flower's own engine, as a user runs it, on the same config
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    args = ["run", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "fl"), "--set", "simulation.backend=ray",
+    args = ["run", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "fl"), "--set", "simulation.backend=flower",
             "--set", "name=flower", "--set", "output.plots=false"]
     res = subprocess.run(FEDSIM + args, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
