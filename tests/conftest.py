@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,14 @@ import pytest
 from fedsim.config import Config, load_config
 
 logging.getLogger("flwr").setLevel(logging.ERROR)
+
+# In CI (CI=true) hypothesis draws the same examples every run, so a red CI is reproducible
+# and never a lucky draw; locally every run explores new examples.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def small_config(*overrides: str) -> Config:
