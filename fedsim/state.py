@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, Context, RecordDict
 
 from fedsim.wire import from_record, to_record
 
@@ -140,6 +140,21 @@ class SpillStore:
 
     def _path(self, client: int) -> Path:
         return self.directory / f"client-{client}.npz"
+
+
+def context_arrays(state: RecordDict) -> ClientState:
+    """The non-empty ArrayRecords of a ``Context.state`` as numpy arrays (what a store keeps).
+
+    Raises
+    ------
+    TypeError
+        The state holds a MetricRecord or ConfigRecord: a store of client state keeps
+        arrays only (every fedsim task keeps its state through :class:`ContextStore`).
+    """
+    if state.metric_records or state.config_records:
+        raise TypeError("client state must be ArrayRecords only (found a MetricRecord or ConfigRecord "
+                        "in Context.state)")
+    return {key: {k: a.numpy() for k, a in rec.items()} for key, rec in state.array_records.items() if len(rec)}
 
 
 def write_state(path: str | Path, state: ClientState) -> None:

@@ -245,3 +245,37 @@ def test_backend_defaults_to_pool_and_ray_is_an_alias_of_flower():
 
     with pytest.raises(ConfigError, match="simulation.backend"):
         small_config("simulation.backend=threads")
+
+
+def leaves_a_metric_record(msg, context):
+    """A ClientApp (for the test below): client 0 replies but leaves a MetricRecord in its
+    state; the others reply normally."""
+    from flwr.app import Message as M
+    from flwr.app import MetricRecord, RecordDict
+
+    if context.node_config["partition-id"] == 0:
+        context.state["bad"] = MetricRecord({"x": 1.0})
+    return M(RecordDict(), reply_to=msg)
+
+
+def test_a_client_whose_state_cannot_be_kept_fails_alone(tmp_path):
+    """In a worker (called directly, no Ray), a client that leaves a MetricRecord in its
+    state gets an error reply naming why; the next client of the batch runs normally."""
+    from flwr.app import Message, RecordDict
+    from flwr.common.serde import message_from_proto, message_to_proto
+    from flwr.proto.message_pb2 import Message as ProtoMessage
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedsim.engine.pool import PoolWorker
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    worker = PoolWorker(0, 2, str(tmp_path / "s"), 1 << 20, None, client_app="test_pool:leaves_a_metric_record")
+    batch = []
+    for client in (0, 1):
+        msg = Message(RecordDict(), dst_node_id=node_id(client), message_type="train")
+        msg.metadata.__dict__["_message_id"] = f"m{client}"
+        batch.append((client, message_to_proto(msg).SerializeToString(), []))
+    (bad, bad_state, _), (good, good_state, _) = worker.run(batch)
+    bad, good = (message_from_proto(ProtoMessage.FromString(b)) for b in (bad, good))
+    assert bad.has_error() and "ArrayRecords only" in bad.error.reason and not bad_state
+    assert not good.has_error() and not good_state

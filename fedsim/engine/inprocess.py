@@ -20,7 +20,7 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.state import read_state, write_state
+from fedsim.state import context_arrays, read_state, write_state
 from fedsim.wire import to_record
 
 _ERROR_CODE = 0
@@ -118,8 +118,7 @@ class InProcessGrid(LocalGrid):
         backend writes them); return the count."""
         n = 0
         for cid, ctx in sorted(self._client_contexts().items()):
-            kept = {key: {k: a.numpy() for k, a in rec.items()} for key, rec in ctx.state.array_records.items()
-                    if len(rec)}
+            kept = context_arrays(ctx.state)
             if kept:
                 write_state(Path(directory) / f"client-{cid}.npz", kept)
                 n += 1

@@ -137,36 +137,31 @@ class PoolWorker:
         from flwr.proto.message_pb2 import Message as ProtoMessage
         from flwr.proto.recorddict_pb2 import ArrayRecord as ProtoArrayRecord
 
+        from fedsim.state import context_arrays
+
         records = [array_record_from_proto(ProtoArrayRecord.FromString(b)) for b in blobs]
         out = []
         for client, body, shared in batch:
             msg = message_from_proto(ProtoMessage.FromString(body))
             for key, i in shared:
                 msg.content[key] = records[i]  # one record shared by this batch's clients, read only
-            context = Context(run_id=1, node_id=node_id(client),
-                              node_config={"partition-id": client, "num-partitions": self.num_clients},
-                              state=self._state_of(client), run_config={})
             t0 = time.perf_counter()
-            try:
+            try:  # one client's fault (in its task, or in the state it left) fails that client only
+                context = Context(run_id=1, node_id=node_id(client),
+                                  node_config={"partition-id": client, "num-partitions": self.num_clients},
+                                  state=self._state_of(client), run_config={})
                 reply = self.app(msg, context)
+                self.store.put(client, context_arrays(context.state))
             except Exception as err:  # what a SuperNode does with a raising ClientApp
                 reply = Message(Error(code=ERROR_CODE, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
             seconds = time.perf_counter() - t0
-            has_state = self._keep_state(client, context.state)
-            out.append((message_to_proto(reply).SerializeToString(), has_state, seconds))
+            out.append((message_to_proto(reply).SerializeToString(), client in self.store, seconds))
         return out
 
     def _state_of(self, client: int) -> RecordDict:
         from fedsim.wire import to_record
 
         return RecordDict({key: to_record(arrays) for key, arrays in self.store.get(client).items()})
-
-    def _keep_state(self, client: int, state: RecordDict) -> bool:
-        if state.metric_records or state.config_records:
-            raise TypeError("the pool backend keeps only ArrayRecords in Context.state")
-        kept = {key: {k: a.numpy() for k, a in rec.items()} for key, rec in state.array_records.items() if len(rec)}
-        self.store.put(client, kept)
-        return client in self.store
 
     def state_stats(self) -> dict[str, int]:
         s = self.store
@@ -190,7 +185,7 @@ class PoolWorker:
 
 @dataclass
 class PoolStats:
-    """What the pool did (read by benchmarks/scale.py)."""
+    """What the pool did: client calls and seconds, rounds, worker failures (for profiling)."""
 
     client_calls: int = 0
     client_s: float = 0.0  # seconds inside the ClientApp, summed over clients
@@ -416,6 +411,10 @@ class PoolGrid(LocalGrid):
                     ray.exceptions.ObjectLostError) as err:
                 self._worker_died(batch, err)
                 continue
+            except ray.exceptions.RayTaskError as err:  # the worker's batch code raised: its clients fail
+                self._fail_batch(batch, f"worker {batch.worker} could not run its batch: "
+                                        f"{' '.join(str(err.cause).split())[:300]}")
+                continue
             for msg, (body, has_state, seconds) in zip(batch.messages, results):
                 client = self._client(msg.metadata.dst_node_id)
                 if has_state:
@@ -426,14 +425,17 @@ class PoolGrid(LocalGrid):
                 self.stats.client_s += seconds
                 self._replies[msg.metadata.message_id] = message_from_proto(ProtoMessage.FromString(body))
 
-    def _worker_died(self, batch: _Batch, err: Exception) -> None:
-        w = batch.worker
-        self.stats.worker_failures += 1
-        reason = (f"worker {w} died mid-round ({type(err).__name__}); Ray restarts it; "
-                  f"the state of its clients is lost")
+    def _fail_batch(self, batch: _Batch, reason: str) -> None:
+        """Every client of ``batch`` gets a failed reply with ``reason``."""
         log.warning("%s: %d clients failed", reason, len(batch.messages))
         for msg in batch.messages:
             self._replies[msg.metadata.message_id] = Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)
+
+    def _worker_died(self, batch: _Batch, err: Exception) -> None:
+        w = batch.worker
+        self.stats.worker_failures += 1
+        self._fail_batch(batch, f"worker {w} died mid-round ({type(err).__name__}); Ray restarts it; "
+                                f"the state of its clients is lost")
         self.owner = {c: o for c, o in self.owner.items() if o != w}
         self._restarting.add(w)
 
