@@ -229,7 +229,7 @@ FINAL_MODEL = "model-final.npz"
 BEST_MODEL = "model-best.npz"
 
 
-REDISCOVERED = frozenset({"_client_to_node", "num_examples"})  # the wrapper's, from discovery
+REDISCOVERED = frozenset({"_client_to_node", "_known", "num_examples"})  # the wrapper's, from the client map
 
 
 @dataclass
