@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from .base import Codec, CodecContext, Payload, PayloadError, State, TensorInfo, validate_payload
 
@@ -35,6 +36,30 @@ def contexts(n: int, seed: int, round_: int, client: int) -> list[CodecContext]:
 def flatten(per_tensor: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """[{field: array}] -> {"i.field": array}."""
     return {f"{i}.{k}": v for i, d in enumerate(per_tensor) for k, v in d.items()}
+
+
+def model_vector(tensors: Sequence[np.ndarray], dtype: npt.DTypeLike = np.float32) -> np.ndarray:
+    """A model's tensors -> one flat vector, in order (row-major ravel of each).
+
+    The inverse of :func:`split_vector`; the one place a strategy or client turns a list
+    of tensors into the parameter vector x that the algorithms' equations are written in.
+    """
+    if not tensors:
+        return np.zeros(0, dtype=dtype)
+    return np.concatenate([np.asarray(t, dtype=dtype).ravel() for t in tensors])
+
+
+def split_vector(vec: np.ndarray, shapes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
+    """A flat vector -> one array per shape (views of ``vec``), in order.
+
+    Raises ValueError when ``vec`` does not hold exactly ``sum(prod(shape))`` numbers.
+    """
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    vec = np.asarray(vec)
+    if vec.ndim != 1 or vec.size != sum(sizes):
+        raise ValueError(f"a vector of {vec.size} numbers cannot hold tensors of {sum(sizes)} numbers")
+    parts = np.split(vec, np.cumsum(sizes)[:-1]) if sizes else []
+    return [p.reshape(s) for p, s in zip(parts, shapes)]
 
 
 PAYLOAD_KEY = re.compile(r"(0|[1-9][0-9]*)\.([a-z_]+)")
