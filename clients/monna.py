@@ -72,8 +72,8 @@ def gradient(model: object, names: list[str], theta: list[np.ndarray], x: np.nda
 @TASKS.register("monna")
 def monna(job: Job) -> TaskResult:
     """One MoNNA step (or ``monna.local-steps``); reply ``h_i - theta_i`` through the codec."""
-    from .trainer import _torch_model
     from . import torch_trainer as tt
+    from .trainer import _torch_model
 
     lr, beta = float(job.config[LR_KEY]), float(job.config[BETA_KEY])  # type: ignore[arg-type]
     steps = int(job.config.get(STEPS_KEY, 1))  # type: ignore[arg-type]

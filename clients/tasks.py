@@ -28,8 +28,9 @@ import functools
 import json
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
@@ -45,7 +46,7 @@ from .trainer import local_train, requested_backend
 TaskResult = tuple[dict[str, np.ndarray], dict[str, float]]
 PROXIMAL_MU_KEY = "proximal-mu"  # what flwr.serverapp.strategy.FedProx puts in the config
 CODEC_KEY = "fedsim.codec"  # optional per-client codec override: PluginSpec JSON
-TASKS: Registry[Callable[["Job"], TaskResult]] = Registry("client task", "fedsim.client_tasks", ())
+TASKS: Registry[Callable[[Job], TaskResult]] = Registry("client task", "fedsim.client_tasks", ())
 
 
 @functools.lru_cache(maxsize=16)
@@ -139,5 +140,5 @@ def train(job: Job) -> TaskResult:
     job.store.save(flatten(states))
     metrics.update({"train-s": t1 - t0, "encode-s": time.perf_counter() - t1})
     return payload, metrics
-from . import monna as _monna  # noqa: E402,F401  (registers the "monna" task)
 from . import ef21  # noqa: E402,F401  (registers the "ef21" task)
+from . import monna as _monna  # noqa: E402,F401  (registers the "monna" task)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 import yaml
@@ -28,9 +28,9 @@ from rich.table import Table
 from fedsim.api import default_config_path, execute, mix_text, start_run
 from fedsim.checkpoint import CheckpointError
 from fedsim.config import ConfigError, check_plugins, load_config
-from fedsim.preflight import check_resources
 from fedsim.deploy.cli import app as deploy_app
 from fedsim.metrics import read_rows, summarize
+from fedsim.preflight import check_resources
 from fedsim.registry import PluginError
 from fedsim.runstatus import run_status, unfinished_note
 
@@ -161,10 +161,10 @@ class RoundProgress:
 
 @app.command()
 def run(
-    config: Optional[Path] = typer.Argument(None, help="experiment YAML (see configs/; default: configs/quickstart.yaml)"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a field: key.sub=value (repeatable)"),
-    out: Optional[Path] = typer.Option(None, help="parent directory of the run directory (default: output.dir)"),
-    resume: Optional[Path] = typer.Option(None, "--resume", metavar="RUN_DIR",
+    config: Path | None = typer.Argument(None, help="experiment YAML (see configs/; default: configs/quickstart.yaml)"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a field: key.sub=value (repeatable)"),
+    out: Path | None = typer.Option(None, help="parent directory of the run directory (default: output.dir)"),
+    resume: Path | None = typer.Option(None, "--resume", metavar="RUN_DIR",
                                           help="continue an unfinished run from its last checkpoint"),
 ) -> None:
     """Run an experiment in simulation (default: a pool of Ray workers) and write metrics and plots."""
@@ -254,11 +254,11 @@ def compare(
 @app.command()
 def sweep(
     config: Path = typer.Argument(..., help="experiment YAML, or a sweep YAML (config, grid, seeds, set)"),
-    grid: Optional[list[str]] = typer.Option(None, "--grid", help="key=value1,value2,... (repeatable)"),
-    seeds: Optional[str] = typer.Option(None, help="seeds: a range 0-4, a list 0,3,7 or one seed"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="override for every run: key.sub=value"),
-    jobs: Optional[int] = typer.Option(None, min=1, help="runs at a time (default: cores // cores a run needs)"),
-    out: Optional[Path] = typer.Option(None, help="sweep directory (default: output.dir/sweep-CONFIG); rerun to resume"),
+    grid: list[str] | None = typer.Option(None, "--grid", help="key=value1,value2,... (repeatable)"),
+    seeds: str | None = typer.Option(None, help="seeds: a range 0-4, a list 0,3,7 or one seed"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override for every run: key.sub=value"),
+    jobs: int | None = typer.Option(None, min=1, help="runs at a time (default: cores // cores a run needs)"),
+    out: Path | None = typer.Option(None, help="sweep directory (default: output.dir/sweep-CONFIG); rerun to resume"),
 ) -> None:
     """Run every combination of a grid x seeds (resumable), then a mean +- sd table and band plots."""
     from fedsim.sweep import STATS, format_cell, load_spec, run_sweep, write_results

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from fedsim.config import Config, ConfigError, one_line
 
-
 MAX_MODEL_PARAMETERS = 100_000_000
 """The largest model ``fedsim run`` builds (100 M parameters, 400 MB as float32): every
 sampled client's update and the server's copies are model-sized, so a config past this

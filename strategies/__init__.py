@@ -59,7 +59,11 @@ for _name, _cls in {
     STRATEGIES.add(_name, flower_strategy(_cls))
 STRATEGIES.add("qfedavg", flower_strategy(fl.QFedAvg, train_loss_key="train-loss"))  # fedsim's metric name
 
-from . import privacy  # noqa: E402,F401  (registers the dp-* wrappers)
-from . import nested_dithering  # noqa: E402,F401  (registers ndqsg-nested)
-from . import monna, nnm, trimmed_mean  # noqa: E402,F401  (register "monna", "nna", "nnm", "trimmed_mean")
-from . import ef21w  # noqa: E402,F401  (registers "ef21w" and "ef21")
+from . import (  # noqa: E402,F401  (register "monna", "nna", "nnm", "trimmed_mean")
+    ef21w,  # noqa: E402,F401  (registers "ef21w" and "ef21")
+    monna,
+    nested_dithering,  # noqa: E402,F401  (registers ndqsg-nested)
+    nnm,
+    privacy,  # noqa: E402,F401  (registers the dp-* wrappers)
+    trimmed_mean,
+)

@@ -74,18 +74,32 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-
-from .server_evaluated import ServerEvaluatedStrategy
 from numpy.typing import ArrayLike
 
 from fedsim.codecs.base import PayloadError
 from fedsim.ef21.client import client_config
-from fedsim.ef21.theory import (THEORIES, WEIGHTS, Plan, ef21_stepsize, ef21w_stepsize, l_am, l_qm,  # noqa: F401
-                                l_weighted, plan, positive_vector, scales, smoothness_weights, stepsize,
-                                theta_beta, weights_from)
+from fedsim.ef21.theory import (  # noqa: F401
+    THEORIES,
+    WEIGHTS,
+    Plan,
+    ef21_stepsize,
+    ef21w_stepsize,
+    l_am,
+    l_qm,
+    l_weighted,
+    plan,
+    positive_vector,
+    scales,
+    smoothness_weights,
+    stepsize,
+    theta_beta,
+    weights_from,
+)
 from fedsim.ef21.wire import WIRE_DTYPES, CodecWire, DenseWire, TopKWire
 from fedsim.registry import STRATEGIES
 from fedsim.wire import ARRAYS, CONFIG, METRICS, PAYLOAD
+
+from .server_evaluated import ServerEvaluatedStrategy
 
 log = logging.getLogger("fedsim")
 

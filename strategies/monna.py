@@ -43,13 +43,13 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from .server_evaluated import ServerEvaluatedStrategy
-
 from fedsim.codecs.model import decode_update
 from fedsim.registry import STRATEGIES
 from fedsim.robust.monna import check_beta, lr_schedule
 from fedsim.robust.nna import RULES, Rule, check_honest_majority, check_rule, nna_mix, received_sets
 from fedsim.wire import ARRAYS, CONFIG, PAYLOAD, TASK_KEY, to_record
+
+from .server_evaluated import ServerEvaluatedStrategy
 
 log = logging.getLogger("fedsim")
 

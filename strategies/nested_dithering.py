@@ -63,8 +63,6 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from .server_evaluated import ServerEvaluatedStrategy
-
 from fedsim.clients.tasks import CODEC_KEY
 from fedsim.codecs.base import Payload, PayloadError, TensorInfo, payload_nbytes
 from fedsim.codecs.dithered import Dqsg
@@ -74,6 +72,8 @@ from fedsim.codecs.nested import Ndqsg, estimate_failures_loo
 from fedsim.config import PluginSpec
 from fedsim.registry import STRATEGIES
 from fedsim.wire import ARRAYS, CONFIG, METRICS, PAYLOAD, to_record
+
+from .server_evaluated import ServerEvaluatedStrategy
 
 log = logging.getLogger("fedsim")
 

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import yaml
+from conftest import small_config
 
 import fedsim
-from conftest import small_config
 from fedsim.api import Result, load_result, override_list, resolve_config
 from fedsim.config import ConfigError
 

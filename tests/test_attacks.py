@@ -10,8 +10,18 @@ import pytest
 
 from fedsim.attacks import ClientAttack, ServerAttack
 from fedsim.attacks.byzantine import (
-    ALIE, FOE, IPM, Gaussian, LabelFlip, Mimic, SignFlip, SignFlipOwn, alie_z_max, mimic_init,
-    mimic_target, mimic_update,
+    ALIE,
+    FOE,
+    IPM,
+    Gaussian,
+    LabelFlip,
+    Mimic,
+    SignFlip,
+    SignFlipOwn,
+    alie_z_max,
+    mimic_init,
+    mimic_target,
+    mimic_update,
 )
 from fedsim.attacks.line_search import LineSearchAttack, line_search
 from fedsim.registry import ATTACKS, PluginError

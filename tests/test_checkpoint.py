@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from fedsim.checkpoint import (CheckpointError, latest, load_state, object_state, restore_object_state,
-                               save_checkpoint, save_state)
+from fedsim.checkpoint import (
+    CheckpointError,
+    latest,
+    load_state,
+    object_state,
+    restore_object_state,
+    save_checkpoint,
+    save_state,
+)
 from fedsim.runstatus import run_status, unfinished_note, write_status
 from fedsim.wire import to_record
 

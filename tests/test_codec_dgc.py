@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from fedsim.codecs.base import CodecContext, TensorInfo, validate_payload
 from fedsim.codecs.dgc import (
-    DGC, clip_by_norm, mask_sent, momentum_correction, sample_stride, sampled_threshold, select,
+    DGC,
+    clip_by_norm,
+    mask_sent,
+    momentum_correction,
+    sample_stride,
+    sampled_threshold,
+    select,
     warmup_density,
 )
 from fedsim.codecs.model import decode_update, encode_update, init_states, tensor_infos

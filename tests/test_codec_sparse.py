@@ -10,8 +10,17 @@ from hypothesis import strategies as st
 from fedsim.codecs.base import CodecContext, PayloadError, TensorInfo, payload_nbytes, validate_payload
 from fedsim.codecs.model import decode_update, encode_update, init_states, tensor_infos
 from fedsim.codecs.sparse import (
-    ErrorFeedback, RandK, SparseFormat, TopK, num_selected, randk, scatter_add, topk,
-    topk_indices, varint_decode, varint_encode,
+    ErrorFeedback,
+    RandK,
+    SparseFormat,
+    TopK,
+    num_selected,
+    randk,
+    scatter_add,
+    topk,
+    topk_indices,
+    varint_decode,
+    varint_encode,
 )
 from fedsim.registry import CODECS, PluginError
 

@@ -24,6 +24,7 @@ def test_config_loads_and_its_plugins_resolve(path):
 def test_config_runs_two_rounds(path, tmp_path):
     """Every shipped experiment really runs (in process, two rounds) and evaluates."""
     from conftest import run_inprocess
+
     from fedsim.metrics import read_rows
 
     cfg = load_config(path, ["rounds=2", "eval_every=1", "simulation.backend=inprocess",

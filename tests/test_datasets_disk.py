@@ -14,7 +14,6 @@ from fedsim.data.datasets import client_sizes, fashion_mnist, load_dataset, load
 from fedsim.data.idx import write_idx
 
 
-
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     """Parsed copies (LEAF's memory-mapped arrays) go to this test's directory, not ~/.cache."""

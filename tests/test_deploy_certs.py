@@ -23,7 +23,7 @@ from fedsim.deploy.certs import (
 
 @pytest.fixture(scope="module")
 def ca():
-    return make_ca(now=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), valid_days=30)
+    return make_ca(now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), valid_days=30)
 
 
 def _verify_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:

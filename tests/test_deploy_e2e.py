@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedsim.data.npz import write_npz
 from fedsim.deploy import commands as C
 from fedsim.deploy.certs import write_node_keypair
 from fedsim.deploy.procs import Proc, bin_dir, start, stop_all, wait_for_text
-from fedsim.data.npz import write_npz
 
 pytestmark = pytest.mark.e2e
 

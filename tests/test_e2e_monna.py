@@ -11,11 +11,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
 from conftest import run_inprocess
+
 from fedsim.config import load_config
 from fedsim.metrics import read_rows
 

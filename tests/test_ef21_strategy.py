@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_inprocess, small_config
 from flwr.app import ConfigRecord
 
-from conftest import run_inprocess, small_config
 from fedsim.clients.app import app
 from fedsim.codecs.base import PayloadError
 from fedsim.config import ClientSpec

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedsim.ef21.client import client_commit, client_init, client_round
 from fedsim.ef21.compressors import Identity, TopK
 from fedsim.ef21.reference import logreg_oracles, run_ef21
 from fedsim.problems.logreg import grad, smoothness
-from fedsim.ef21.client import client_commit, client_init, client_round
 from fedsim.strategies.ef21w import (
     client_step,
     ef21_stepsize,

@@ -4,9 +4,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_inprocess
 from flwr.app import ArrayRecord, ConfigRecord
 
-from conftest import run_inprocess
 from fedsim.clients.app import app
 from fedsim.codecs.base import Codec, CodecContext, Field, Payload, State, TensorInfo
 from fedsim.engine.inprocess import InProcessGrid

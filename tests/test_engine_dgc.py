@@ -13,8 +13,8 @@ import json
 import math
 
 import numpy as np
-
 from conftest import run_inprocess
+
 from fedsim.clients.app import app
 from fedsim.engine.inprocess import InProcessGrid
 from fedsim.metrics import read_rows

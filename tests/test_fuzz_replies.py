@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from test_fuzz_payloads import mutate
 from test_reply_guard import SHAPES, SIZES, Clients, honest, one_round
 

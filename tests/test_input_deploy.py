@@ -89,6 +89,7 @@ def test_add_node_command_works_from_any_directory(tmp_path):
 
 def test_a_client_that_never_replies_gets_a_log_line(tmp_path, caplog):
     from conftest import small_config
+
     from fedsim.clients.app import app
     from fedsim.engine.inprocess import InProcessGrid
     from fedsim.engine.server import run_server

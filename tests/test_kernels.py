@@ -254,8 +254,9 @@ def test_unusable_numba_falls_back_to_numpy(monkeypatch: pytest.MonkeyPatch) -> 
     # kernels.jit() (it caught ImportError only) and fail every dqsg/ndqsg/qsgd call
     import sys
 
-    import fedsim.codecs as package
     from numba.core import caching
+
+    import fedsim.codecs as package
 
     def read_only(self: Any) -> None:
         raise PermissionError(13, "Read-only file system", self.get_cache_path())

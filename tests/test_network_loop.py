@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import run_inprocess
+
 from fedsim.metrics import read_rows
 
 

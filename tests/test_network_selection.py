@@ -6,12 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsim.network import NetworkConfig, NetworkModel, num_to_sample, select_arrivals
-
-
 # The three fixed profiles (tests/network_profiles.py). Arrivals: A at 12.1 s, B at 17.05 s, C at 5.26 s.
 from network_profiles import THREE, WORK, three_clients  # noqa: E402  (three hand-timed profiles)
 
+from fedsim.network import NetworkConfig, NetworkModel, num_to_sample, select_arrivals
 
 
 def test_deadline_keeps_exactly_the_on_time_clients() -> None:

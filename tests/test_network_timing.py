@@ -6,11 +6,12 @@ import math
 
 import pytest
 
+# the profiles, by hand: see tests/network_profiles.py
+from network_profiles import WORK, three_clients  # noqa: E402  (three hand-timed profiles)
+
 from fedsim.network import client_time
 from fedsim.network.timing import samples_per_second, training_flops_per_sample, transfer_seconds
 
-# the profiles, by hand: see tests/network_profiles.py
-from network_profiles import WORK, three_clients  # noqa: E402  (three hand-timed profiles)
 # A: 0.1 + 8*2e6/16e6 + 1000/100 + 8*1e6/8e6 = 0.1 + 1 + 10 + 1 = 12.1
 # B: 0.05 + 8*2e6/4e6 + 1000/200 + 8*1e6/1e6 = 0.05 + 4 + 5 + 8 = 17.05
 # C: 0.02 + 8*2e6/1e8 + 1000/200 + 8*1e6/1e8 = 0.02 + 0.16 + 5 + 0.08 = 5.26

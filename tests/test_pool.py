@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_inprocess, small_config
 
 from fedsim.engine.pool import PoolSetupError, assign, check_address, node_id
-
-from conftest import run_inprocess, small_config
 
 FEDSIM = [sys.executable, "-m", "fedsim.cli"]
 
@@ -85,7 +84,6 @@ def test_pool_equals_inprocess_and_flower_round_by_round(tmp_path, ray_local):
     """One seed, three backends: the pool and in-process rows are identical (same reply
     order, client state kept across rounds, spilled to disk by a tiny memory cap); Flower's
     engine gives the same counts and bytes, and losses/accuracies within float summation order."""
-    from fedsim.clients.app import app
     from fedsim.engine.pool import PoolGrid
     from fedsim.engine.server import run_server
 

@@ -1,7 +1,6 @@
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from fedsim.registry import CODECS, STRATEGIES, PluginError, Registry
@@ -60,9 +59,8 @@ def test_entry_points_are_found(plugin_path):
 
 def test_plugin_strategy_and_codec_run_through_fedsim(plugin_path, tmp_path, cfg_factory):
     """A third-party strategy (entry point) and codec (module:attr) drive a real run."""
-    from conftest import run_inprocess
-
     import fedsim_example_plugin as plugin
+    from conftest import run_inprocess
 
     cfg = cfg_factory("strategy.name=example-fedmedian", "strategy.params={tag: t}",
                       "codec.name=fedsim_example_plugin:SignCodec", "rounds=2")

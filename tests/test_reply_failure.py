@@ -6,8 +6,8 @@ import json
 import math
 
 import pytest
-
 from conftest import run_inprocess
+
 from fedsim.clients.app import app
 from fedsim.config import ConfigError
 from fedsim.engine.failure import FailurePolicy, RunFailed, count_failures

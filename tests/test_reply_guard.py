@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
-from fedsim.codecs.base import Codec, CodecContext, Field, Payload, TensorInfo
+from fedsim.codecs.base import Codec, CodecContext, Payload, TensorInfo
 from fedsim.codecs.dense import Identity
 from fedsim.config import ValidationConfig
 from fedsim.engine.inprocess import InProcessGrid

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import run_inprocess
+
 from fedsim.checkpoint import CheckpointError, latest
 from fedsim.metrics import read_rows
 from fedsim.runstatus import run_status

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedsim.robust.aggregators import (
-    coordinate_median, get_aggregator, krum, krum_scores, mean, multi_krum, nnm, trimmed_mean,
+    coordinate_median,
+    get_aggregator,
+    krum,
+    krum_scores,
+    mean,
+    multi_krum,
+    nnm,
+    trimmed_mean,
     with_nnm,
 )
 

@@ -9,8 +9,14 @@ import pytest
 
 from fedsim.attacks.byzantine import ALIE, SignFlip
 from fedsim.robust.monna import (
-    MomentumState, client_step, half_step, lr_schedule, make_linear_regression, momentum_init,
-    momentum_update, simulate,
+    MomentumState,
+    client_step,
+    half_step,
+    lr_schedule,
+    make_linear_regression,
+    momentum_init,
+    momentum_update,
+    simulate,
 )
 
 

@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedsim.robust.nna import (
-    kept_count, nna, nna_aggregator, nna_mix, pairwise_sq_distances, received_count,
+    kept_count,
+    nna,
+    nna_aggregator,
+    nna_mix,
+    pairwise_sq_distances,
+    received_count,
     received_sets,
 )
 

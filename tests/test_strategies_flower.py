@@ -4,9 +4,9 @@ reference it must equal."""
 
 import numpy as np
 import pytest
+from conftest import small_config
 from flwr.app import ConfigRecord
 
-from conftest import small_config
 from fedsim.clients import numpy_trainer as nt
 from fedsim.clients.tasks import proximal_mu
 from fedsim.registry import STRATEGIES, PluginError

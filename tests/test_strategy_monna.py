@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import small_config
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
-from conftest import small_config
 from fedsim.attacks.byzantine import Gaussian, LabelFlip, SignFlipOwn
 from fedsim.clients.app import app
 from fedsim.clients.monna import monna as monna_task

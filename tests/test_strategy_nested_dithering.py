@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_inprocess, small_config
 from flwr.app import ArrayRecord, ConfigRecord
 
-from conftest import run_inprocess, small_config
 from fedsim.clients.app import app
 from fedsim.clients.tasks import CODEC_KEY
 from fedsim.codecs import PayloadError, TensorInfo

@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from conftest import run_inprocess, small_config
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg, Krum
 
-from conftest import run_inprocess, small_config
 from fedsim.clients.app import app
 from fedsim.engine.inprocess import InProcessGrid
 from fedsim.metrics import read_rows

@@ -6,11 +6,23 @@ import statistics
 
 import pytest
 import yaml
+from conftest import small_config
 
 from fedsim.config import ConfigError
-from fedsim.sweep import (Combo, SweepSpec, aggregate, combinations, combo_overrides, format_cell, load_spec,
-                          parse_grid, parse_seeds, run_sweep, split_top_level, write_results)
-from conftest import small_config
+from fedsim.sweep import (
+    Combo,
+    SweepSpec,
+    aggregate,
+    combinations,
+    combo_overrides,
+    format_cell,
+    load_spec,
+    parse_grid,
+    parse_seeds,
+    run_sweep,
+    split_top_level,
+    write_results,
+)
 
 # digits, an MLP, 6 clients, 3 a round, 2 rounds, in process
 TINY = small_config("simulation.backend=inprocess", "rounds=2", "target_accuracy=0.3", "data.num_clients=6",

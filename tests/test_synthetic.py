@@ -5,7 +5,8 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedsim.data import synthetic as sy
 from fedsim.data.datasets import client_sizes, load_dataset, load_partition

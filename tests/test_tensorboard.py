@@ -2,7 +2,6 @@
 TensorBoard's own EventAccumulator."""
 
 import pytest
-
 from conftest import small_config
 
 pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed (pip install 'fedsim[tensorboard]')")

@@ -9,9 +9,9 @@ Two kinds (see :mod:`fedsim.attacks.base`):
   decoding and before aggregation.
 """
 
-from .base import ClientAttack, ServerAttack, attacker_ids
-from . import faults as _faults  # noqa: F401  (registers the built-in faults)
 from . import byzantine as _byzantine  # noqa: F401  (registers the Byzantine attacks)
+from . import faults as _faults  # noqa: F401  (registers the built-in faults)
+from .base import ClientAttack, ServerAttack, attacker_ids
 
 __all__ = ["ClientAttack", "ServerAttack", "attacker_ids"]
 from . import searched as _searched  # noqa: E402,F401  (registers "line_search")

@@ -91,7 +91,7 @@ import numpy as np
 
 from fedsim.registry import CODECS
 
-from .base import Codec, CodecContext, Field, Payload, State, TensorInfo
+from .base import CodecContext, Payload, State, TensorInfo
 from .sparse import SparseCodec, check_density, num_selected, topk_indices
 
 CLIP_EPS = 1e-6  # as in the reference code's clip_grad_norm_

@@ -29,7 +29,7 @@ is 17 symbols in 6 bytes (7**17 = 2.33e14 <= 2**48 = 2.81e14).
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from . import kernels
 MAX_BLOCK_BYTES = 8
 
 
-@lru_cache(maxsize=None)
+@cache
 def best_block(base: int, max_bytes: int = MAX_BLOCK_BYTES) -> tuple[int, int]:
     """The block ``(k symbols, m bytes)`` with the fewest bits per symbol for ``base``.
 
@@ -88,7 +88,7 @@ def padded_length(n: int, base: int, max_bytes: int = MAX_BLOCK_BYTES) -> int:
     return -(-int(n) // k) * k
 
 
-@lru_cache(maxsize=None)
+@cache
 def _split(base: int, max_bytes: int) -> int | None:
     """Digits in the low half of a block for the compiled packer, or None if it can't take ``base``.
 
@@ -104,7 +104,7 @@ def _split(base: int, max_bytes: int) -> int | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _digits(base: int, k: int) -> np.ndarray:
     """``(k, 256)`` uint8: digit ``i`` (least significant first) of each byte value in base ``base``."""
     v = np.arange(256)

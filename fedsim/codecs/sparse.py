@@ -42,7 +42,6 @@ from .sparse_format import (  # noqa: F401  (re-exported: the sparse codecs' pub
     varint_encode,
 )
 
-
 # --------------------------------------------------------------------------- sparsifiers
 
 

@@ -18,7 +18,6 @@ from . import buckets, kernels
 from .base import Codec, Field, Payload, PayloadError, TensorInfo
 from .packing import byte_digits, check_byte_packed, pack, packed_nbytes, padded_length, unpack
 
-
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 

@@ -31,7 +31,6 @@ import numpy as np
 from fedsim.registry import DATASETS
 
 from . import MAX_DATA_BYTES, DataError
-
 from .datasets import Dataset, stratified_split
 
 REQUIRED = ("x_train", "y_train")

@@ -71,7 +71,7 @@ class NodeKeyPair:
 
 
 def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
+    return _dt.datetime.now(_dt.UTC)
 
 
 def _check_days(valid_days: int) -> None:

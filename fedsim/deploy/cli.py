@@ -23,7 +23,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 import typer
 
@@ -54,9 +54,9 @@ def _parse_value(text: str) -> C.ConfigValue:
 @app.command()
 def certs(
     directory: Path = typer.Argument(..., help="where to write ca.pem, server.pem/.key and nodes/"),
-    ip: Optional[list[str]] = typer.Option(None, "--ip", help="an IP address of the server (repeatable)"),
-    dns: Optional[list[str]] = typer.Option(None, "--dns", help="a host name of the server (repeatable)"),
-    nodes: Optional[list[str]] = typer.Option(None, "--nodes", help="node names, each gets a key pair: n0,n1,n2 (repeatable)"),
+    ip: list[str] | None = typer.Option(None, "--ip", help="an IP address of the server (repeatable)"),
+    dns: list[str] | None = typer.Option(None, "--dns", help="a host name of the server (repeatable)"),
+    nodes: list[str] | None = typer.Option(None, "--nodes", help="node names, each gets a key pair: n0,n1,n2 (repeatable)"),
     force: bool = typer.Option(False, help="overwrite existing key material"),
 ) -> None:
     """Make a lab CA, the SuperLink's certificate and SuperNode key pairs.
@@ -121,14 +121,14 @@ def register_command(public_key: Path, name: str, workdir: Path) -> str:
 def server(
     config: Path = typer.Argument(..., help="experiment YAML (the same that `fedsim run` simulates)"),
     certs_dir: Path = typer.Option(..., "--certs", help="the directory made by `fedsim deploy certs`"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a field: key.sub=value (repeatable)"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a field: key.sub=value (repeatable)"),
     workdir: Path = typer.Option(Path("fedsim-deploy"), help="logs, the flwr CLI's FLWR_HOME, the generated app"),
     fleet_address: str = typer.Option("0.0.0.0:9092", help="where SuperNodes connect (gRPC)"),
     control_port: int = typer.Option(9093, help="local port of the SuperLink's Control API (flwr CLI)"),
-    database: Optional[str] = typer.Option(None, help="SQLite file for the SuperLink's state (default: memory)"),
-    timeout: Optional[float] = typer.Option(None, help="stop the run after this many seconds"),
+    database: str | None = typer.Option(None, help="SQLite file for the SuperLink's state (default: memory)"),
+    timeout: float | None = typer.Option(None, help="stop the run after this many seconds"),
     poll: float = typer.Option(5.0, help="seconds between run status checks (each starts `flwr ls`)"),
-    round_timeout: Optional[float] = typer.Option(
+    round_timeout: float | None = typer.Option(
         None, help="seconds a round waits for replies (default: the config's simulation.round_timeout if it "
                    "sets one, else 120)"),
 ) -> None:
@@ -163,17 +163,17 @@ def client(
     superlink: str = typer.Option(..., help="the SuperLink's Fleet API, HOST:PORT (HOST as in its certificate)"),
     partition_id: int = typer.Option(..., help="this device's client id, 0..N-1"),
     num_partitions: int = typer.Option(..., help="N, the config's data.num_clients"),
-    certs_dir: Optional[Path] = typer.Option(None, "--certs", help="directory with ca.pem and nodes/NAME"),
-    name: Optional[str] = typer.Option(None, help="node name: the key is CERTS/nodes/NAME"),
-    root_cert: Optional[Path] = typer.Option(None, help="CA certificate (default CERTS/ca.pem)"),
-    key: Optional[Path] = typer.Option(None, help="node private key (default CERTS/nodes/NAME)"),
+    certs_dir: Path | None = typer.Option(None, "--certs", help="directory with ca.pem and nodes/NAME"),
+    name: str | None = typer.Option(None, help="node name: the key is CERTS/nodes/NAME"),
+    root_cert: Path | None = typer.Option(None, help="CA certificate (default CERTS/ca.pem)"),
+    key: Path | None = typer.Option(None, help="node private key (default CERTS/nodes/NAME)"),
     insecure: bool = typer.Option(False, help="plaintext, no authentication (only for a --insecure SuperLink)"),
     trainer: str = typer.Option("auto", help="auto (torch if installed), torch or numpy"),
-    node_config: Optional[list[str]] = typer.Option(None, "--node-config", help="extra key=value (repeatable)"),
+    node_config: list[str] | None = typer.Option(None, "--node-config", help="extra key=value (repeatable)"),
     port: int = typer.Option(C.DEFAULT_APPIO_PORT, help="local ClientAppIo port (distinct per SuperNode on a host)"),
-    max_retries: Optional[int] = typer.Option(None, help="give up connecting after this many tries"),
-    max_wait_time: Optional[float] = typer.Option(None, help="give up connecting after this many seconds"),
-    flwr_home: Optional[Path] = typer.Option(None, help="Flower's state directory (default $FLWR_HOME or ~/.flwr)"),
+    max_retries: int | None = typer.Option(None, help="give up connecting after this many tries"),
+    max_wait_time: float | None = typer.Option(None, help="give up connecting after this many seconds"),
+    flwr_home: Path | None = typer.Option(None, help="Flower's state directory (default $FLWR_HOME or ~/.flwr)"),
     dry_run: bool = typer.Option(False, help="print the command and exit"),
 ) -> None:
     """Start a SuperNode for this device (execs flower-supernode with the right flags)."""
@@ -227,7 +227,7 @@ def client(
 def export_data(
     config: Path = typer.Argument(..., help="experiment YAML"),
     out: Path = typer.Argument(..., help="the .npz file to write"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a field: key.sub=value"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a field: key.sub=value"),
 ) -> None:
     """Write the config's dataset (after its train/test split) as an .npz for edge devices.
 

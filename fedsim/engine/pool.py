@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
+
 from fedsim.config import Config
 
 from .inprocess import LocalGrid

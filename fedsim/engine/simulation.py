@@ -17,8 +17,8 @@ import importlib
 import logging
 import os
 import threading
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fedsim.config import Config

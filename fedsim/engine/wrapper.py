@@ -54,8 +54,18 @@ from fedsim.codecs.model import decode_update, tensor_infos, validate_update
 from fedsim.config import AttackConfig, ValidationConfig
 from fedsim.network.model import ClientWork, NetworkModel
 from fedsim.registry import ATTACKS
-from fedsim.wire import (ARRAYS, ATTACK_KEY, CONFIG, METRICS, PAYLOAD, REPLY_METRICS, ROUND_KEY, SPEC_KEY, read_reply,
-                         to_record)
+from fedsim.wire import (
+    ARRAYS,
+    ATTACK_KEY,
+    CONFIG,
+    METRICS,
+    PAYLOAD,
+    REPLY_METRICS,
+    ROUND_KEY,
+    SPEC_KEY,
+    read_reply,
+    to_record,
+)
 
 log = logging.getLogger("fedsim")
 

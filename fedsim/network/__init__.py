@@ -8,8 +8,15 @@ package is imported. See ``docs/network-model.md``.
 """
 
 from .config import (
-    Always, DailyWindow, DeviceProfile, Fixed, LogNormal, NetworkConfig, ProfileSpec,
-    TraceWindows, Uniform,
+    Always,
+    DailyWindow,
+    DeviceProfile,
+    Fixed,
+    LogNormal,
+    NetworkConfig,
+    ProfileSpec,
+    TraceWindows,
+    Uniform,
 )
 from .model import ClientOutcome, ClientWork, Device, NetworkModel, RoundOutcome, RoundPlan
 from .profiles import BUILTIN_PROFILES, get_profile, resolve_profiles

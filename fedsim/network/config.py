@@ -29,7 +29,7 @@ Example (YAML)::
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -127,7 +127,7 @@ def _number_is_fixed(v: Any) -> Any:
 
 
 Distribution = Annotated[
-    Union[Fixed, Uniform, LogNormal],
+    Fixed | Uniform | LogNormal,
     Field(discriminator="kind"),
     BeforeValidator(_number_is_fixed),
 ]
@@ -200,7 +200,7 @@ class TraceWindows(BaseModel):
     kind: Literal["trace"]
 
 
-Availability = Annotated[Union[Always, DailyWindow, TraceWindows], Field(discriminator="kind")]
+Availability = Annotated[Always | DailyWindow | TraceWindows, Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------------------

@@ -5,12 +5,30 @@ strategies call them after decoding the replies of a round.
 """
 
 from .aggregators import (
-    AGGREGATORS, Aggregator, coordinate_median, get_aggregator, krum, krum_scores, mean,
-    multi_krum, nnm, trimmed_mean, with_nnm,
+    AGGREGATORS,
+    Aggregator,
+    coordinate_median,
+    get_aggregator,
+    krum,
+    krum_scores,
+    mean,
+    multi_krum,
+    nnm,
+    trimmed_mean,
+    with_nnm,
 )
 from .nna import (
-    RULES, Rule, check_honest_majority, kept_count, nna, nna_aggregator, nna_mix, nna_weights,
-    pairwise_sq_distances, received_count, received_sets,
+    RULES,
+    Rule,
+    check_honest_majority,
+    kept_count,
+    nna,
+    nna_aggregator,
+    nna_mix,
+    nna_weights,
+    pairwise_sq_distances,
+    received_count,
+    received_sets,
 )
 
 __all__ = [
