@@ -318,8 +318,9 @@ def restore_checkpoint(path: Path, parts: dict[str, Any], grid: Any,
     keep state (``stateful_clients``), and goes on otherwise.
 
     An object of ``parts`` that defines ``prepare_resume(model: ArrayRecord)`` is handed the
-    checkpoint's model first: a strategy that builds objects in its first round (EF21-W's
-    wires) builds them there, and its saved state is then restored into them.
+    checkpoint's model first: the wrapper (:meth:`fedsim.engine.wrapper.FedsimWrapper.prepare_resume`)
+    has a strategy that builds objects in its first round (EF21-W's wires) build them there,
+    and the strategy's saved state is then restored into them.
     """
     state = read_checkpoint(path)
     model = load_arrays(path / "model.npz")

@@ -29,17 +29,24 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from fedsim.codecs.base import PayloadError
 
-PAYLOAD = "payload"
-METRICS = "metrics"
-ARRAYS = "arrays"
-CONFIG = "config"
-SPEC_KEY = "fedsim.spec"
-ROUND_KEY = "fedsim.round"
-ATTACK_KEY = "fedsim.attack"
-TASK_KEY = "fedsim.task"
-REQUIRED_METRICS = ("num-examples", "train-loss")
-OPTIONAL_METRICS = ("steps", "train-s", "encode-s", "numpy-trainer", "ef21-L")
-REPLY_METRICS = REQUIRED_METRICS + OPTIONAL_METRICS  # what a reply's metrics may hold (docs/wire-format.md)
+# the keys live in fedsim.keys (standard library only, imported by the clients too)
+from fedsim.keys import (  # noqa: F401  (re-exported: fedsim.wire is where replies are read)
+    ARRAYS,
+    ATTACK_KEY,
+    CODEC_KEY,
+    CONFIG,
+    METRICS,
+    NUM_EXAMPLES,
+    OPTIONAL_METRICS,
+    PAYLOAD,
+    PROXIMAL_MU_KEY,
+    REPLY_METRICS,
+    REQUIRED_METRICS,
+    ROUND_KEY,
+    SPEC_KEY,
+    TASK_KEY,
+    TRAIN_LOSS,
+)
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -85,8 +92,8 @@ def read_reply(msg: Message, max_bytes: int) -> tuple[dict[str, np.ndarray], dic
     for key in REQUIRED_METRICS:
         if key not in metrics or not math.isfinite(metrics[key]):
             raise PayloadError(f"metric {key!r} missing or not finite")
-    if metrics["num-examples"] <= 0:
-        raise PayloadError("metric 'num-examples' must be positive")
+    if metrics[NUM_EXAMPLES] <= 0:
+        raise PayloadError(f"metric {NUM_EXAMPLES!r} must be positive")
     payload = from_record(content.array_records[PAYLOAD], max_bytes)
     return payload, metrics
 

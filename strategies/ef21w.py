@@ -69,14 +69,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from numpy.typing import ArrayLike
 
-from fedsim.codecs.base import PayloadError
+from fedsim.codecs.base import Payload, PayloadError
+from fedsim.codecs.model import model_vector, split_vector, tensor_infos
+from fedsim.config import ClientSpec
 from fedsim.ef21.client import client_config
 from fedsim.ef21.theory import (  # noqa: F401
     THEORIES,
@@ -96,8 +98,9 @@ from fedsim.ef21.theory import (  # noqa: F401
     weights_from,
 )
 from fedsim.ef21.wire import WIRE_DTYPES, CodecWire, DenseWire, TopKWire
+from fedsim.engine.view import PayloadStrategy, RoundView
+from fedsim.keys import ARRAYS, CONFIG, EF21_L, NUM_EXAMPLES, TRAIN_LOSS
 from fedsim.registry import STRATEGIES
-from fedsim.wire import ARRAYS, CONFIG, METRICS, PAYLOAD
 
 from .server_evaluated import ServerEvaluatedStrategy
 
@@ -182,12 +185,12 @@ def client_step(
 
 
 @STRATEGIES.register("ef21w")
-class EF21W(ServerEvaluatedStrategy):
+class EF21W(ServerEvaluatedStrategy, PayloadStrategy):
     """EF21-W (and EF21, EF21-SGD, EF21-PP) as a fedsim strategy; see the module docstring.
 
-    Runs inside fedsim's :class:`~fedsim.engine.wrapper.FedsimWrapper` (sampling, byte
-    counts, the network model): it consumes the clients' raw payloads and validates
-    them itself. Per round it reports in ``round_metrics``: ``ef21_gamma``, ``ef21_L_qm``,
+    A :class:`~fedsim.engine.view.PayloadStrategy`: it consumes the clients' raw payloads
+    and validates them itself, reading the round (client ids, seed, codec, attackers)
+    from the :class:`~fedsim.engine.view.RoundView` the engine hands it. Per round it reports in ``round_metrics``: ``ef21_gamma``, ``ef21_L_qm``,
     ``ef21_L_am``, ``ef21_alpha``, ``ef21_steps`` (steps taken so far), ``ef21_g_sq``
     (``||g||^2``) and, with ``monitor``, ``grad_norm_sq`` = ``||grad f(x)||^2`` and
     ``train_f`` = ``f(x)`` at the model returned (``f = (1/n) sum_i f_i`` over every
@@ -231,7 +234,7 @@ class EF21W(ServerEvaluatedStrategy):
         Compute ``grad_norm_sq`` and ``train_f`` each round (one pass over the data).
     """
 
-    consumes_payloads = True
+    reply_metrics: ClassVar[frozenset[str]] = frozenset({EF21_L})  # L_i, with a client's first message
 
     def __init__(self, weights: str = "smoothness", compressor: str = "topk", k: int | None = None,
                  alpha: float | None = None, multiplier: float = 1.0, step: float | None = None,
@@ -260,9 +263,9 @@ class EF21W(ServerEvaluatedStrategy):
             positive_vector(L_i, "L_i")
         self.weights, self.compressor, self.k, self.alpha_param = weights, compressor, k, alpha
         self.multiplier, self.step, self.theory, self.L_given, self.L = multiplier, step, theory, L_i, L
-        self.start, self.batch_size, self.dtype, self.monitor = start, batch_size, dtype, monitor
+        # start_mode, not start: Flower's Strategy.start runs the round loop
+        self.start_mode, self.batch_size, self.dtype, self.monitor = start, batch_size, dtype, monitor
         self.round_metrics: dict[str, Any] = {}
-        self.wrapper: Any = None
         self.x: np.ndarray | None = None  # the model, one float64 vector
         self.g: np.ndarray | None = None  # sum_i w_i g_i = (1/n) sum_i h_i
         self.acked: dict[int, int] = {}  # client -> last round whose message was added; -1 none
@@ -273,29 +276,21 @@ class EF21W(ServerEvaluatedStrategy):
         self._sent: dict[int, tuple[float, bool]] = {}  # client -> (scale, dense) this round
 
     # -- set-up ------------------------------------------------------------------------
-    def bind_wrapper(self, wrapper: Any) -> None:
-        self.wrapper = wrapper
-
-    def prepare_resume(self, arrays: ArrayRecord) -> None:
+    def resume(self, view: RoundView, arrays: ArrayRecord) -> None:
         """Before a checkpoint's state is restored: build what the first round builds."""
-        self._setup(arrays)
+        self._setup(view, arrays)
 
-    def _setup(self, arrays: ArrayRecord) -> None:
-        if self.wrapper is None:
-            raise RuntimeError("EF21W runs inside fedsim's FedsimWrapper (it needs the client ids and the spec)")
-        from fedsim.codecs.model import tensor_infos
-        from fedsim.config import ClientSpec
-
+    def _setup(self, view: RoundView, arrays: ArrayRecord) -> None:
         self.keys = list(arrays.keys())
-        tensors = [np.asarray(a, dtype=np.float64) for a in arrays.to_numpy_ndarrays()]
+        tensors = arrays.to_numpy_ndarrays()
         self.shapes = [t.shape for t in tensors]
-        self.x = np.concatenate([t.reshape(-1) for t in tensors])
+        self.x = model_vector(tensors, np.float64)
         d = self.x.size
         self.g = np.zeros(d)
-        self.clients = sorted(self.wrapper.context.node_to_client.values())
+        self.clients = view.clients
         self.index = {c: i for i, c in enumerate(self.clients)}
         self.acked = {c: -1 for c in self.clients}
-        self.spec = ClientSpec.from_json(self.wrapper.spec_json)
+        self.spec = ClientSpec.from_json(view.spec_json) if self.monitor else None
         self.dense_wire = DenseWire(d, self.dtype)
         if self.compressor == "topk":
             if self.k > d:  # type: ignore[operator]
@@ -305,7 +300,7 @@ class EF21W(ServerEvaluatedStrategy):
             self.wire = self.dense_wire
         else:
             infos = tensor_infos([(k, s) for k, s in zip(self.keys, self.shapes)])
-            self.wire = CodecWire(self.wrapper.codec, infos, self.alpha_param)
+            self.wire = CodecWire(view.codec, infos, self.alpha_param)
         if self.L_given is not None:
             if len(self.L_given) != len(self.clients):
                 raise ValueError(f"L_i lists {len(self.L_given)} constants for {len(self.clients)} clients")
@@ -333,16 +328,16 @@ class EF21W(ServerEvaluatedStrategy):
         return 1.0 if self.plan is None else float(len(self.clients) * self.plan.weights[self.index[client]])  # n w_i
 
     # -- a round -----------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure(self, view: RoundView, arrays: ArrayRecord, config: ConfigRecord,
+                  grid: Grid) -> Iterable[Message]:
         if self.x is None:
-            self._setup(arrays)
+            self._setup(view, arrays)
         model = self._record(self.dtype)
         self._sent = {}
         out = []
         for node in grid.get_node_ids():
-            client = self.wrapper.context.node_to_client[node]
-            scale, dense = self._scale(client), self.start == "dense" and self.acked[client] < 0
+            client = view.node_to_client[node]
+            scale, dense = self._scale(client), self.start_mode == "dense" and self.acked[client] < 0
             self._sent[client] = (scale, dense)
             cfg = ConfigRecord(dict(config))
             cfg.update(client_config(scale, self.acked[client], dense, self._needs_L() and client not in self.L_known,
@@ -353,63 +348,50 @@ class EF21W(ServerEvaluatedStrategy):
 
     def _record(self, dtype: str) -> ArrayRecord:
         """``x`` as the model's tensors (same names and shapes as the model the run started from)."""
-        parts = np.split(self.x, np.cumsum([math.prod(s) for s in self.shapes])[:-1])  # type: ignore[arg-type]
-        return ArrayRecord({k: Array(np.ascontiguousarray(p.reshape(s), dtype=dtype))
-                            for k, p, s in zip(self.keys, parts, self.shapes)})
+        assert self.x is not None
+        return ArrayRecord({k: Array(np.ascontiguousarray(p, dtype=dtype))
+                            for k, p in zip(self.keys, split_vector(self.x, self.shapes))})
 
     def _wire_for(self, client: int) -> Any:
         if client not in self._sent:
             raise PayloadError(f"client {client} was not sent an EF21 message this round")
         return self.dense_wire if self._sent[client][1] else self.wire
 
-    def validate_update(self, payload: dict[str, np.ndarray], client: int) -> None:
+    def validate(self, payload: Payload, client: int, view: RoundView) -> None:
         """Dense first message or compressed message, as asked: keys, dtypes, sizes, finite."""
         self._wire_for(client).validate(payload)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate(self, view: RoundView, payloads: Mapping[int, Payload],
+                  metrics: Mapping[int, Mapping[str, float]]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self.x is not None and self.g is not None
-        seed, node_to_client = self.wrapper.seed, self.wrapper.context.node_to_client
+        server_round = view.server_round
         received: dict[int, np.ndarray] = {}
         loss_sum = examples = 0.0
-        for msg in replies:
-            client = node_to_client[msg.metadata.src_node_id]
-            payload = {k: a.numpy() for k, a in msg.content.array_records[PAYLOAD].items()}
-            c = self._wire_for(client).decode(payload, seed, server_round, client)
-            if not self.wrapper.screen(client, [c]):  # finite, within validation.max_update_norm: else rejected
+        for client, payload in payloads.items():
+            c = self._wire_for(client).decode(payload, view.seed, server_round, client)
+            if not view.screen(client, [c]):  # finite, within validation.max_update_norm: else rejected
                 continue
             received[client] = c
-            metrics = msg.content.metric_records[METRICS]
-            self.m_known[client] = float(metrics["num-examples"])
-            loss_sum += float(metrics["train-loss"]) * self.m_known[client]
+            m = metrics[client]
+            self.m_known[client] = float(m[NUM_EXAMPLES])
+            loss_sum += float(m[TRAIN_LOSS]) * self.m_known[client]
             examples += self.m_known[client]
-            reported_L = float(metrics.get("ef21-L", 0.0))
+            reported_L = float(m.get(EF21_L, 0.0))
             if client not in self.L_known and math.isfinite(reported_L) and reported_L > 0:
                 self.L_known[client] = reported_L
-        self._apply_server_attack(server_round, received)
+        received.update(view.forge_vectors(received, np.float64))  # omniscient attacks forge the Byzantine c_i
         n = len(self.clients)
         w_sent = np.array([self._sent[c][0] / n if c in received else 0.0 for c in self.clients])  # w_i = s_i / n
         self.g = server_aggregate(self.g, w_sent, {self.index[c]: v for c, v in received.items()})  # g += w_i c_i
         for c in received:
             self.acked[c] = server_round
         self._try_plan()
-        if self.plan is not None and (self.start == "zero" or min(self.acked.values()) >= 0):
+        if self.plan is not None and (self.start_mode == "zero" or min(self.acked.values()) >= 0):
             self.x = server_step(self.x, self.g, self.plan.gamma)  # x = x - gamma g
             self.steps += 1
         self._report()
-        train = MetricRecord({"train-loss": loss_sum / examples, "num-examples": examples}) if examples else None
+        train = MetricRecord({TRAIN_LOSS: loss_sum / examples, NUM_EXAMPLES: examples}) if examples else None
         return self._record("float32"), train  # what the server evaluates and the next round passes back
-
-    def _apply_server_attack(self, server_round: int, received: dict[int, np.ndarray]) -> None:
-        """Omniscient attacks forge the Byzantine clients' decoded c_i from the honest ones."""
-        attack, byz_ids = self.wrapper.server_attack, self.wrapper.server_attackers
-        byz = sorted(c for c in received if c in byz_ids)
-        honest = sorted(c for c in received if c not in byz_ids)
-        if attack is None or not byz or not honest:
-            return
-        forged = attack.forge(np.stack([received[c] for c in honest]), len(byz),
-                              np.random.default_rng([self.wrapper.seed, server_round, 0xA77AC]))
-        for c, row in zip(byz, forged):
-            received[c] = np.asarray(row, dtype=np.float64)
 
     def _report(self) -> None:
         p = self.plan
@@ -419,7 +401,8 @@ class EF21W(ServerEvaluatedStrategy):
         if self.monitor:
             from fedsim.ef21.oracles import local_problem
 
-            results = [local_problem(self.spec, c).loss_grad(self.x) for c in self.clients]  # type: ignore[arg-type]
+            assert self.spec is not None and self.x is not None
+            results = [local_problem(self.spec, c).loss_grad(self.x) for c in self.clients]
             grad_f = np.mean([gr for _, gr in results], axis=0)  # grad f = (1/n) sum_i grad f_i
             m["grad_norm_sq"] = float(grad_f @ grad_f)
             m["train_f"] = float(np.mean([f for f, _ in results]))
@@ -428,7 +411,7 @@ class EF21W(ServerEvaluatedStrategy):
 
     def summary(self) -> None:
         log.info("EF21W: weights=%s, compressor=%s, k=%s, start=%s, plan=%s", self.weights, self.compressor,
-                 self.k, self.start, self.plan)
+                 self.k, self.start_mode, self.plan)
 
 
 @STRATEGIES.register("ef21")

@@ -21,7 +21,7 @@ own, every Byzantine one, the rest drawn per round from the run seed) and averag
 averages the ``n - f`` nearest.
 
 Every client takes part in every round (``clients_per_round`` must equal
-``data.num_clients``). Omniscient attacks (``wrapper.server_attack``) replace the
+``data.num_clients``). Omniscient attacks (``view.server_attack``) replace the
 Byzantine clients' half-step models after decoding, from the honest ones (the paper attacks
 the half-step models); client-side attacks (label flipping, Gaussian, own sign flip) run in
 the client task. The server cannot tell client-side attackers apart, so it mixes for them
@@ -36,25 +36,35 @@ honest clients' models.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.codecs.model import decode_update
+from fedsim.codecs.base import Payload
+from fedsim.codecs.model import decode_update, model_vector, split_vector, validate_update
+from fedsim.engine.view import PayloadStrategy, RoundView
+from fedsim.keys import (
+    ARRAYS,
+    CONFIG,
+    MONNA_BETA_KEY,
+    MONNA_LR_KEY,
+    MONNA_STEPS_KEY,
+    MONNA_TASK,
+    NUM_EXAMPLES,
+    TASK_KEY,
+    TRAIN_LOSS,
+)
 from fedsim.registry import STRATEGIES
 from fedsim.robust.monna import check_beta, lr_schedule
 from fedsim.robust.nna import RULES, Rule, check_honest_majority, check_rule, nna_mix, received_sets
-from fedsim.wire import ARRAYS, CONFIG, PAYLOAD, TASK_KEY, to_record
+from fedsim.wire import to_record
 
 from .server_evaluated import ServerEvaluatedStrategy
 
 log = logging.getLogger("fedsim")
 
-TASK = "monna"  # the client task (clients/monna.py)
-LR_KEY, BETA_KEY, STEPS_KEY = "monna.lr", "monna.beta", "monna.local-steps"
 
 
 def mix_round(
@@ -124,7 +134,7 @@ def honest_summary(scores: Sequence[tuple[float, float]]) -> dict[str, float]:
             "honest_accuracy_max": float(acc.max()), "honest_loss_mean": float(loss.mean())}
 
 
-class MoNNA(ServerEvaluatedStrategy):
+class MoNNA(ServerEvaluatedStrategy, PayloadStrategy):
     """MoNNA: per-client models, Polyak momentum on the clients, NNA mixing on the server.
 
     Parameters
@@ -144,9 +154,10 @@ class MoNNA(ServerEvaluatedStrategy):
     evaluate_every : int
         Evaluate every honest model on the test set every this many rounds (and in round
         1); 0 never. The honest models' accuracy is the paper's metric.
-    """
 
-    consumes_payloads = True  # it decodes the half-step models itself, per client
+    A :class:`~fedsim.engine.view.PayloadStrategy`: it decodes the half-step models itself,
+    per client.
+    """
 
     def __init__(self, f: int, lr: float, beta: float = 0.99, lr_decay: float | None = None,
                  rule: Rule = "reference", local_steps: int = 1, evaluate_every: int = 1) -> None:
@@ -166,23 +177,21 @@ class MoNNA(ServerEvaluatedStrategy):
         self.names: list[str] = []
         self.shapes: list[tuple[int, ...]] = []
         self.round_metrics: dict[str, float] = {}
-        self._wrapper: Any = None
+        self.attackers: frozenset[int] = frozenset()  # every Byzantine client (from the view)
 
-    # -- fedsim hooks -----------------------------------------------------------------
-    def bind_wrapper(self, wrapper: Any) -> None:
-        """Called once by :class:`fedsim.engine.wrapper.FedsimWrapper`."""
-        byz = len(wrapper.server_attackers) + len(wrapper.attackers)
+    # -- the engine's seam (fedsim.engine.view) ----------------------------------------
+    def check(self, view: RoundView) -> None:
+        """Refuse a run with more Byzantine clients than ``f``."""
+        byz = len(view.server_attackers) + len(view.client_attackers)
         if byz > self.f:
             raise ValueError(
                 f"MoNNA tolerates f={self.f} Byzantine clients but the attack config names {byz}; "
                 "raise strategy.params.f or lower attack.count"
             )
-        self._wrapper = wrapper
 
     def honest_clients(self) -> list[int]:
         """Clients that are neither server-forged nor client-side attackers (simulation only)."""
-        w = self._wrapper
-        return sorted(c for c in self.models if c not in w.server_attackers and c not in w.attackers)
+        return sorted(c for c in self.models if c not in self.attackers)
 
     def global_model(self) -> ArrayRecord:
         """Mean of the honest clients' models (what the server loop evaluates)."""
@@ -190,16 +199,13 @@ class MoNNA(ServerEvaluatedStrategy):
         return self._record(np.mean([self.models[c] for c in honest], axis=0))
 
     def _record(self, flat: np.ndarray) -> ArrayRecord:
-        parts = np.split(np.asarray(flat, np.float32), np.cumsum([int(np.prod(s)) for s in self.shapes])[:-1])
-        return to_record({n: p.reshape(s) for n, p, s in zip(self.names, parts, self.shapes)})
+        return to_record(dict(zip(self.names, split_vector(np.asarray(flat, np.float32), self.shapes))))
 
     # -- train ------------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        w = self._wrapper
-        if w is None:
-            raise RuntimeError("MoNNA runs inside fedsim's FedsimWrapper (it needs the node -> client map)")
-        node_to_client = w.context.node_to_client
+    def configure(self, view: RoundView, arrays: ArrayRecord, config: ConfigRecord,
+                  grid: Grid) -> Iterable[Message]:
+        node_to_client = view.node_to_client
+        self.attackers = view.attackers
         nodes = sorted(grid.get_node_ids())
         if len(nodes) != len(node_to_client):
             raise ValueError(
@@ -209,70 +215,67 @@ class MoNNA(ServerEvaluatedStrategy):
         check_honest_majority(len(nodes), self.f, "MoNNA")
         if not self.models:  # round 1: every client starts from theta_0
             self.names = list(arrays.keys())
-            theta0 = [np.asarray(a, np.float32) for a in arrays.to_numpy_ndarrays()]
+            theta0 = arrays.to_numpy_ndarrays()
             self.shapes = [a.shape for a in theta0]
-            flat = np.concatenate([a.ravel() for a in theta0])
+            flat = model_vector(theta0, np.float32)
             self.models = {c: flat.copy() for c in node_to_client.values()}
-        lr_t = lr_schedule(server_round - 1, self.lr, self.lr_decay)  # lr_t = lr0 / (t/tau + 1)
+        lr_t = lr_schedule(view.server_round - 1, self.lr, self.lr_decay)  # lr_t = lr0 / (t/tau + 1)
         out = []
         for node in nodes:
             content = RecordDict({
                 ARRAYS: self._record(self.models[node_to_client[node]]),
-                CONFIG: ConfigRecord({TASK_KEY: TASK, LR_KEY: lr_t, BETA_KEY: self.beta,
-                                      STEPS_KEY: self.local_steps}),
+                CONFIG: ConfigRecord({TASK_KEY: MONNA_TASK, MONNA_LR_KEY: lr_t, MONNA_BETA_KEY: self.beta,
+                                      MONNA_STEPS_KEY: self.local_steps}),
             })
             out.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         return out
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        w = self._wrapper
-        ctx = w.context
+    def validate(self, payload: Payload, client: int, view: RoundView) -> None:
+        """The run's codec's payload of the model's tensors (:func:`fedsim.codecs.model.validate_update`)."""
+        validate_update(view.codec, payload, view.infos)
+
+    def aggregate(self, view: RoundView, payloads: Mapping[int, Payload],
+                  metrics: Mapping[int, Mapping[str, float]]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round = view.server_round
         halves: dict[int, np.ndarray] = {}
         weights, losses = [], []
-        for msg in replies:
-            if msg.has_error():
+        for client, payload in payloads.items():
+            step = decode_update(view.codec, payload, view.infos, view.seed, server_round, client)
+            if not view.screen(client, step):  # finite, within validation.max_update_norm
                 continue
-            client = ctx.node_to_client[msg.metadata.src_node_id]
-            payload = {k: a.numpy() for k, a in msg.content.array_records[PAYLOAD].items()}
-            step = decode_update(ctx.codec, payload, ctx.infos, ctx.seed, server_round, client)
-            if not w.screen(client, step):  # finite, within validation.max_update_norm
-                continue
-            halves[client] = self.models[client] + np.concatenate([s.ravel() for s in step]).astype(np.float32)
-            m = msg.content.metric_records["metrics"]
-            weights.append(float(m["num-examples"]))
-            losses.append(float(m["train-loss"]))
+            halves[client] = self.models[client] + model_vector(step, np.result_type(*step)).astype(np.float32)
+            weights.append(float(metrics[client][NUM_EXAMPLES]))
+            losses.append(float(metrics[client][TRAIN_LOSS]))
         self.round_metrics = {}
         if not halves:
             return None, None
         clients = sorted(halves)
         x = np.stack([halves[c] for c in clients])
-        forged = [r for r, c in enumerate(clients) if c in w.server_attackers]
-        kept = [r for r in range(len(clients)) if r not in forged]
-        if w.server_attack is not None and forged and kept:
-            rng = np.random.default_rng([ctx.seed, server_round, 0xA77AC])
-            x[forged] = w.server_attack.forge(x[kept], len(forged), rng)  # omniscient, on half-steps
-        attackers = [r for r, c in enumerate(clients) if c in w.attackers]
+        forged = [r for r, c in enumerate(clients) if c in view.server_attackers]
+        for c, row in view.forge_vectors(halves, np.float32).items():  # omniscient, on the half-steps
+            x[clients.index(c)] = row
+        attackers = [r for r, c in enumerate(clients) if c in view.client_attackers]
         if not 2 * self.f < len(clients):
             log.warning("round %d: MoNNA needs 2f < n; got f=%d and %d valid replies: models kept",
                         server_round, self.f, len(clients))
         else:
-            rng = np.random.default_rng([ctx.seed, server_round, 0x4E4A])
+            rng = np.random.default_rng([view.seed, server_round, 0x4E4A])
             pivots, thetas = mix_round(x, self.f, rule=self.rule, forged=forged, attackers=attackers, rng=rng)
             for r, theta in zip(pivots, thetas):
                 self.models[clients[r]] = np.asarray(theta, np.float32)
-        if self._evaluate_now(server_round):
-            self.round_metrics = honest_summary([w.evaluator(self._record(self.models[c]))
+        if self._evaluate_now(view):
+            evaluate = view.evaluator
+            assert evaluate is not None
+            self.round_metrics = honest_summary([evaluate(self._record(self.models[c]))
                                                  for c in self.honest_clients()])
         total = float(sum(weights))
-        metrics = MetricRecord({"num-examples": total,
-                                "train-loss": float(np.dot(weights, losses) / total)})
-        return self.global_model(), metrics
+        out = MetricRecord({NUM_EXAMPLES: total, TRAIN_LOSS: float(np.dot(weights, losses) / total)})
+        return self.global_model(), out
 
-    def _evaluate_now(self, server_round: int) -> bool:
-        if self._wrapper.evaluator is None or self.evaluate_every == 0:
+    def _evaluate_now(self, view: RoundView) -> bool:
+        if view.evaluator is None or self.evaluate_every == 0:
             return False
-        return server_round == 1 or server_round % self.evaluate_every == 0
+        return view.server_round == 1 or view.server_round % self.evaluate_every == 0
 
 
     def summary(self) -> None:

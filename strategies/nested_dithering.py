@@ -63,15 +63,16 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.clients.tasks import CODEC_KEY
 from fedsim.codecs.base import Payload, PayloadError, TensorInfo, payload_nbytes
 from fedsim.codecs.dithered import Dqsg
 from fedsim.codecs.model import contexts, unflatten
 from fedsim.codecs.model import validate_update as validate_model_payload
 from fedsim.codecs.nested import Ndqsg, estimate_failures_loo
 from fedsim.config import PluginSpec
+from fedsim.engine.view import PayloadStrategy, RoundView
+from fedsim.keys import ARRAYS, CODEC_KEY, CONFIG, NUM_EXAMPLES, TRAIN_LOSS
 from fedsim.registry import STRATEGIES
-from fedsim.wire import ARRAYS, CONFIG, METRICS, PAYLOAD, to_record
+from fedsim.wire import to_record
 
 from .server_evaluated import ServerEvaluatedStrategy
 
@@ -219,7 +220,7 @@ def _finite(x: float) -> float | None:
 
 
 @STRATEGIES.register("ndqsg-nested")
-class NestedDitheredQuantization(ServerEvaluatedStrategy):
+class NestedDitheredQuantization(ServerEvaluatedStrategy, PayloadStrategy):
     """Reference group on DQSG, nested group on NDQSG, decoded with side information.
 
     The run's codec (``codec:`` in the config) must be ``ndqsg``; the reference codec is
@@ -240,8 +241,6 @@ class NestedDitheredQuantization(ServerEvaluatedStrategy):
         :func:`repair_is_exact`).
     """
 
-    consumes_payloads = True
-
     def __init__(self, reference_clients: int = 2, client_failure_threshold: float = 1.0,
                  stale_failure_threshold: float = 0.01) -> None:
         if not isinstance(reference_clients, int) or isinstance(reference_clients, bool) or reference_clients < 1:
@@ -256,32 +255,33 @@ class NestedDitheredQuantization(ServerEvaluatedStrategy):
         self.reference_clients = reference_clients
         self.stale_failure_threshold = float(stale_failure_threshold)
         self.round_metrics: dict[str, Any] = {}
-        self._wrapper: Any = None
-        self._nested: Ndqsg | None = None
-        self._reference: Dqsg | None = None
         self._groups: dict[int, str] = {}  # client -> group, this round
         self._model: ArrayRecord | None = None  # the model sent this round
         self._last_update: Update | None = None  # the last aggregated update (stale side info)
 
-    def bind_wrapper(self, wrapper: Any) -> None:
-        if not isinstance(wrapper.codec, Ndqsg):
-            raise ValueError(
-                f"strategy ndqsg-nested needs codec ndqsg (its M1 and bucket also define the reference "
-                f"group's dqsg); got codec {getattr(wrapper.codec, 'name', type(wrapper.codec).__name__)!r}")
-        codec = wrapper.codec
+    # -- the engine's seam (fedsim.engine.view) ----------------------------------------
+    def check(self, view: RoundView) -> None:
+        """The run's codec must be ndqsg; warn of the mmse estimator's pull towards the references."""
+        codec = self._nested_codec(view)
         if codec.estimator == "mmse" and codec.alpha < 1.0:
             log.warning(
                 "ndqsg-nested: the mmse estimator with alpha=%g decodes each nested update as "
                 "%.2f*y + %.2f*g (+ noise), y the reference group's mean: the aggregate leans towards "
                 "the references; estimator 'unbiased' keeps the wider decodable region without the bias",
                 codec.alpha, 1.0 - codec.alpha ** 2, codec.alpha ** 2)
-        self._wrapper = wrapper
-        self._nested = wrapper.codec
-        self._reference = reference_codec(wrapper.codec)
 
-    def _codec_specs(self) -> dict[str, str]:
-        assert self._nested is not None and self._reference is not None
-        n, r = self._nested, self._reference
+    @staticmethod
+    def _nested_codec(view: RoundView) -> Ndqsg:
+        if not isinstance(view.codec, Ndqsg):
+            raise ValueError(
+                f"strategy ndqsg-nested needs codec ndqsg (its M1 and bucket also define the reference "
+                f"group's dqsg); got codec {getattr(view.codec, 'name', type(view.codec).__name__)!r}")
+        return view.codec
+
+    @classmethod
+    def _codec_specs(cls, view: RoundView) -> dict[str, str]:
+        n = cls._nested_codec(view)
+        r = reference_codec(n)
         return {
             REFERENCE: PluginSpec(name="dqsg", params={"levels": r.levels, "bucket": r.bucket,
                                                        "scale_dtype": r.scale_dtype}).model_dump_json(),
@@ -291,17 +291,14 @@ class NestedDitheredQuantization(ServerEvaluatedStrategy):
         }
 
     # -- train ------------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        if self._wrapper is None:
-            raise RuntimeError("ndqsg-nested runs inside fedsim's FedsimWrapper (bind_wrapper was not called)")
-        ctx = self._wrapper.context
+    def configure(self, view: RoundView, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         nodes = sorted(grid.get_node_ids())
-        clients = {node: ctx.node_to_client[node] for node in nodes}
-        refs = set(reference_group(list(clients.values()), self.reference_clients, ctx.seed, server_round))
+        clients = {node: view.node_to_client[node] for node in nodes}
+        refs = set(reference_group(list(clients.values()), self.reference_clients, view.seed, view.server_round))
         self._groups = {c: REFERENCE if c in refs else NESTED for c in clients.values()}
         self._model = arrays
         self.round_metrics = {}
-        specs = self._codec_specs()
+        specs = self._codec_specs(view)
         out = []
         for node, client in clients.items():
             cfg = ConfigRecord(dict(config))
@@ -310,24 +307,25 @@ class NestedDitheredQuantization(ServerEvaluatedStrategy):
                                message_type=MessageType.TRAIN))
         return out
 
-    def validate_update(self, payload: Payload, client: int) -> None:
+    def validate(self, payload: Payload, client: int, view: RoundView) -> None:
         """Validate ``payload`` against the codec of ``client``'s group (PayloadError if bad)."""
         group = self._groups.get(client)
         if group is None:
             raise PayloadError(f"client {client} was not sent a training message this round")
-        codec = self._reference if group == REFERENCE else self._nested
-        validate_model_payload(codec, payload, self._wrapper.context.infos)
+        nested = self._nested_codec(view)
+        codec = reference_codec(nested) if group == REFERENCE else nested
+        validate_model_payload(codec, payload, view.infos)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        assert self._nested is not None and self._reference is not None and self._model is not None
-        ctx = self._wrapper.context
-        infos, seed = ctx.infos, ctx.seed
+    def aggregate(self, view: RoundView, payloads: Mapping[int, Payload],
+                  metrics: Mapping[int, Mapping[str, float]]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        assert self._model is not None
+        nested_codec = self._nested_codec(view)
+        reference = reference_codec(nested_codec)
+        server_round, infos, seed = view.server_round, view.infos, view.seed
         coords = sum(i.numel for i in infos)
-        got: dict[str, dict[int, tuple[Payload, dict[str, float]]]] = {REFERENCE: {}, NESTED: {}}
-        for msg in replies:
-            client = ctx.node_to_client[msg.metadata.src_node_id]
-            payload = {k: a.numpy() for k, a in msg.content.array_records[PAYLOAD].items()}
-            got[self._groups[client]][client] = (payload, dict(msg.content.metric_records[METRICS]))
+        got: dict[str, dict[int, tuple[Payload, Mapping[str, float]]]] = {REFERENCE: {}, NESTED: {}}
+        for client, payload in payloads.items():
+            got[self._groups[client]][client] = (payload, metrics[client])
         m: dict[str, Any] = {
             "reference_clients": len(got[REFERENCE]), "nested_clients": len(got[NESTED]),
             "reference_bits_per_coord": _finite(bits_per_coordinate([payload_nbytes(p) for p, _ in got[REFERENCE].values()], coords)),
@@ -341,11 +339,11 @@ class NestedDitheredQuantization(ServerEvaluatedStrategy):
         refs: dict[int, Update] = {}
         for client, (payload, _) in sorted(got[REFERENCE].items()):
             parts = unflatten(payload, len(infos))
-            ref = [self._reference.decode(p, info, c)
+            ref = [reference.decode(p, info, c)
                    for p, info, c in zip(parts, infos, contexts(len(infos), seed, server_round, client))]
-            if self._wrapper.screen(client, ref):  # finite, within validation.max_update_norm
+            if view.screen(client, ref):  # finite, within validation.max_update_norm
                 refs[client] = ref
-        m["failure_estimate_loo"] = _loo_estimate(list(refs.values()), self._nested, infos)
+        m["failure_estimate_loo"] = _loo_estimate(list(refs.values()), nested_codec, infos)
         if refs:
             side, count = [np.mean([r[t] for r in refs.values()], axis=0) for t in range(len(infos))], len(refs)
         elif self._last_update is not None:
@@ -356,11 +354,11 @@ class NestedDitheredQuantization(ServerEvaluatedStrategy):
             log.warning("round %d: no reference update and no earlier aggregate for side information; "
                         "round skipped (model kept)", server_round)
             return None, None
-        nested = decode_nested_group(self._nested, {c: p for c, (p, _) in got[NESTED].items()},
+        nested = decode_nested_group(nested_codec, {c: p for c, (p, _) in got[NESTED].items()},
                                      infos, seed, server_round, side, count, self.client_failure_threshold,
-                                     screen=self._wrapper.screen)
+                                     screen=view.screen)
         m["nested_failure_fraction"] = _finite(nested.failure_fraction)
-        if (not refs and nested.coordinates and not repair_is_exact(self._nested)
+        if (not refs and nested.coordinates and not repair_is_exact(nested_codec)
                 and nested.failure_fraction > self.stale_failure_threshold):
             m["nested_discarded"] = len(got[NESTED])
             log.warning("round %d: stale side information and %.2f%% detectable failures (> %.2f%%): nested "
@@ -372,16 +370,15 @@ class NestedDitheredQuantization(ServerEvaluatedStrategy):
         decoded = {**refs, **nested.accepted}
         if not decoded:
             return None, None
-        self._wrapper.apply_server_attack(server_round, decoded)  # omniscient attacks, if any
+        decoded.update(view.forge_updates(decoded))  # omniscient attacks, if any
         used = sorted(decoded)
-        metrics = {c: got[self._groups[c]][c][1] for c in used}
-        weights = [metrics[c]["num-examples"] for c in used]
+        weights = [metrics[c][NUM_EXAMPLES] for c in used]
         update = weighted_mean([decoded[c] for c in used], weights)  # sum_i n_i g_i / sum_i n_i
         self._last_update = update
         old = self._model.to_numpy_ndarrays()
         new = {info.name: (b + d).astype(np.float32) for info, b, d in zip(infos, old, update)}
-        loss = float(np.average([metrics[c]["train-loss"] for c in used], weights=weights))
-        return to_record(new), MetricRecord({"train-loss": loss, "num-examples": float(sum(weights))})
+        loss = float(np.average([metrics[c][TRAIN_LOSS] for c in used], weights=weights))
+        return to_record(new), MetricRecord({TRAIN_LOSS: loss, NUM_EXAMPLES: float(sum(weights))})
 
 
     def summary(self) -> None:

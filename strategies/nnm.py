@@ -35,6 +35,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.engine.view import PayloadStrategy
 from fedsim.registry import STRATEGIES
 from fedsim.robust.aggregators import nnm
 from fedsim.wire import to_record
@@ -84,7 +85,8 @@ class NNM(Strategy):
     ----------
     inner : Strategy
         The aggregation strategy that receives the mixed models. It must take decoded
-        models (``"arrays"``); a strategy that consumes raw payloads cannot be wrapped.
+        models (``"arrays"``); a :class:`~fedsim.engine.view.PayloadStrategy`, which
+        consumes raw payloads, cannot be wrapped.
     f : int
         Byzantine clients tolerated; a round needs ``2f < n`` valid replies, else the
         model is kept for that round (with a warning). Give the inner rule its own
@@ -94,16 +96,12 @@ class NNM(Strategy):
     def __init__(self, inner: Strategy, f: int) -> None:
         if isinstance(f, bool) or not isinstance(f, int) or f < 0:
             raise ValueError(f"NNM needs an integer f >= 0 (Byzantine clients tolerated); got f={f!r}")
-        if getattr(inner, "consumes_payloads", False):
+        if isinstance(inner, PayloadStrategy):
             raise ValueError(
                 f"NNM mixes decoded models, but {type(inner).__name__} consumes raw codec payloads; "
                 "put NNM in front of an aggregator that takes 'arrays' (fedavg, krum, fedmedian, ...)"
             )
         self.inner, self.f = inner, f
-
-    def bind_wrapper(self, wrapper: Any) -> None:
-        if hasattr(self.inner, "bind_wrapper"):
-            self.inner.bind_wrapper(wrapper)
 
     @property
     def round_metrics(self) -> dict[str, Any]:

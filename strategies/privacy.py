@@ -23,7 +23,7 @@ aggregate. Clipping and noise therefore hold whatever the codec. What cannot wor
   replies with. fedsim's ClientApp replies with an encoded payload, not arrays, so the
   mods would see nothing to clip and the guarantee would silently not hold: the names
   ``dp-fixed-client`` and ``dp-adaptive-client`` raise an error saying so;
-- an inner strategy that decodes payloads itself (``consumes_payloads``: EF21, nested
+- an inner strategy that decodes payloads itself (a :class:`fedsim.engine.view.PayloadStrategy`: EF21, nested
   dithering, MoNNA): the DP wrapper would hand it clipped arrays instead of the payloads
   it reads. That is an error too.
 """
@@ -35,6 +35,7 @@ from typing import Any
 
 from flwr.serverapp import strategy as fl
 
+from fedsim.engine.view import PayloadStrategy
 from fedsim.registry import STRATEGIES, PluginError
 
 CLIENT_SIDE_WHY = (
@@ -62,7 +63,7 @@ def build_inner(strategy: Mapping[str, Any] | str) -> Any:
     if "name" not in spec or unknown:
         raise PluginError(f"a DP wrapper's 'strategy' is {{name: ..., params: {{...}}}}; got {dict(spec)!r}")
     inner = STRATEGIES.build(str(spec["name"]), spec.get("params") or {})
-    if getattr(inner, "consumes_payloads", False):
+    if isinstance(inner, PayloadStrategy):
         raise PluginError(f"a DP wrapper cannot wrap {spec['name']!r}: it decodes client payloads itself, "
                           "and the DP wrapper clips and forwards decoded model arrays")
     return inner

@@ -193,8 +193,9 @@ def test_validate_update_checks_what_was_asked_for():
     run = Run(ef21_config("ef21w"))
     s = run.round()  # round 1: dense first messages
     run.wrapper.configure_train(2, run.arrays, ConfigRecord(), run.grid)  # round 2: top-3 asked
+    view = run.wrapper.view()
     good = {"ef21.idx": np.array([1, 5, 64], np.uint32), "ef21.val": np.ones(3)}
-    s.validate_update(good, 0)
+    s.validate(good, 0, view)
     bad = [
         {"ef21.x": np.zeros(D)},  # dense where compressed is expected
         {**good, "ef21.val": np.ones(3, np.float32)},  # float32 on a float64 run
@@ -205,9 +206,9 @@ def test_validate_update_checks_what_was_asked_for():
     ]
     for payload in bad:
         with pytest.raises(PayloadError):
-            s.validate_update(payload, 0)
+            s.validate(payload, 0, view)
     with pytest.raises(PayloadError, match="not sent"):
-        s.validate_update(good, 99)
+        s.validate(good, 99, view)
 
 
 @pytest.mark.parametrize("params,match", [

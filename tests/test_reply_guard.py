@@ -279,7 +279,7 @@ def test_clients_jsonl_rows_are_strict_json_with_the_reason(tmp_path):
 
 
 def test_a_nested_update_the_screen_refuses_is_left_out_of_the_running_mean():
-    """Payload-consuming strategies screen what they decode (wrapper.screen: finite, norm bound)."""
+    """Payload-consuming strategies screen what they decode (view.screen: finite, norm bound)."""
     from fedsim.codecs.model import encode_update, init_states
     from fedsim.codecs.nested import Ndqsg
     from fedsim.strategies.nested_dithering import decode_nested_group

@@ -133,14 +133,14 @@ def test_stateful_strategies_resume_exactly(tmp_path, cfg_factory, overrides):
 
 def test_ef21w_resume_is_refused_with_the_reason(tmp_path, cfg_factory, monkeypatch):
     """EF21-W builds its wire objects in its first round (from the model and the client
-    ids): with its ``prepare_resume`` taken away, a fresh EF21W lacks them, so its
-    checkpoint cannot be restored; said clearly, by name."""
+    ids): with its ``resume`` hook (called through the wrapper's ``prepare_resume``) made a
+    no-op, a fresh EF21W lacks them, so its checkpoint cannot be restored; said clearly, by name."""
     from fedsim.clients.app import app
     from fedsim.engine.inprocess import InProcessGrid
     from fedsim.engine.server import run_server
     from fedsim.strategies.ef21w import EF21W
 
-    monkeypatch.setattr(EF21W, "prepare_resume", None, raising=False)
+    monkeypatch.setattr(EF21W, "resume", lambda self, view, arrays: None)
 
     cfg = cfg_factory("strategy={name: ef21w, params: {compressor: topk, k: 8}}", "model.name=logreg-ncvx",
                       "model.params={lam: 0.1}", "data.name=digits-binary", "clients_per_round=10")
@@ -151,7 +151,7 @@ def test_ef21w_resume_is_refused_with_the_reason(tmp_path, cfg_factory, monkeypa
 
 
 def test_prepare_resume_lets_ef21w_resume_exactly(tmp_path, cfg_factory):
-    """With ``prepare_resume`` running EF21-W's first-round set-up, its checkpoint restores
+    """With ``resume`` running EF21-W's first-round set-up, its checkpoint restores
     (x, g, the acknowledged rounds, the learned L_i, the plan) and the run resumes exactly."""
     cfg = cfg_factory("strategy={name: ef21w, params: {compressor: topk, k: 8}}", "model.name=logreg-ncvx",
                       "model.params={lam: 0.1}", "data.name=digits-binary", "clients_per_round=10", "rounds=3")

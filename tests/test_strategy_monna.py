@@ -17,7 +17,7 @@ from fedsim.engine.server import Evaluator, build_wrapper, discover
 from fedsim.metrics import read_rows
 from fedsim.models import build_model
 from fedsim.registry import STRATEGIES, PluginError
-from fedsim.strategies.monna import MoNNA, mix_round
+from fedsim.strategies.monna import mix_round
 
 
 def monna_cfg(params: str, *more: str):
@@ -180,5 +180,3 @@ def test_nna_is_monna_without_momentum_and_run_time_checks():
         wrapper.configure_train(1, arrays, ConfigRecord(), grid)
     with pytest.raises(ValueError, match="tolerates f=1 .* names 2"):
         build_wrapper(monna_cfg("f: 1, lr: 0.1", "attack={name: sign_flip, count: 2}"))
-    with pytest.raises(RuntimeError, match="FedsimWrapper"):
-        MoNNA(1, 0.1).configure_train(1, None, ConfigRecord(), None)

@@ -180,11 +180,12 @@ def test_each_client_is_told_its_codec_and_validated_against_it():
     strategy = wrapper.inner
     nested_client = next(c for c in codecs if c not in refs)
     dq = encode_update(Dqsg(3, 64), update, infos, init_states(Dqsg(3, 64), infos), cfg.seed, 1, refs[0])[0]
-    strategy.validate_update(dq, refs[0])
+    view = wrapper.view()
+    strategy.validate(dq, refs[0], view)
     with pytest.raises(PayloadError):
-        strategy.validate_update(dq, nested_client)  # a dqsg payload from a nested client
+        strategy.validate(dq, nested_client, view)  # a dqsg payload from a nested client
     with pytest.raises(PayloadError, match="not sent"):
-        strategy.validate_update(dq, 10_000)
+        strategy.validate(dq, 10_000, view)
 
 
 # ------------------------------------------------------------------ runs in process

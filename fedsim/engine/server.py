@@ -249,8 +249,10 @@ def checkpoint_parts(wrapper: FedsimWrapper, grid: Grid) -> dict[str, Part]:
     from one start to the next)."""
     skip = (wrapper, wrapper.codec, wrapper.evaluator, grid, wrapper.network)
     none: frozenset[str] = frozenset()
-    parts: dict[str, Part] = {"strategy": (wrapper.inner, skip, False, none),
-                              "wrapper": (wrapper, (), True, REDISCOVERED)}
+    # the wrapper first: on resume its prepare_resume has a payload-consuming strategy build
+    # what its first round builds, before the strategy's state is restored into it
+    parts: dict[str, Part] = {"wrapper": (wrapper, (), True, REDISCOVERED),
+                              "strategy": (wrapper.inner, skip, False, none)}
     if wrapper.network is not None:
         parts["network"] = (wrapper.network, (), True, none)
     return parts

@@ -21,26 +21,27 @@ FedAvg, a plugin, or one of fedsim's). It adds what every strategy needs in feds
   refused: the round keeps the previous model (``model_refused`` in the round's row);
 - **byte accounting**: the real payload bytes of every message, up and down.
 
-A strategy that decodes payloads itself (side-information decoding, EF21's g_i)
-sets ``consumes_payloads = True``: it then receives the validated raw payload in
-``"payload"`` instead of a reconstructed model in ``"arrays"``, and can reach the
-codec and the per-client base model through :attr:`FedsimWrapper.context` (it is
-handed the wrapper through ``bind_wrapper(wrapper)`` if it defines that). If it defines
-``validate_update(payload, client)`` (raising PayloadError), that replaces the codec's
-validation. Omniscient attacks (:class:`fedsim.attacks.ServerAttack`) are applied to
-the decoded updates here; a payload-consuming strategy applies them itself, from
-``wrapper.server_attack`` and ``wrapper.server_attackers``.
+A strategy that decodes payloads itself (side-information decoding, EF21's g_i, MoNNA's
+per-client models) subclasses :class:`fedsim.engine.view.PayloadStrategy`: the wrapper then
+hands it a frozen :class:`~fedsim.engine.view.RoundView` of the round (seed, client map,
+codec, tensor infos, attackers, evaluator, the update screen), asks it to validate each
+payload (``validate(payload, client, view)``) and gives it the validated payloads and
+checked metrics by client (``aggregate(view, payloads, metrics)``); it applies any
+omniscient attack to what it decodes (``view.forge_vectors`` / ``view.forge_updates``).
 Otherwise the inner strategy receives, per client, ``"arrays"`` = the model it was
-sent plus the decoded update, and ``"metrics"``, exactly as Flower's strategies expect.
+sent plus the decoded update, and ``"metrics"``, exactly as Flower's strategies expect;
+omniscient attacks (:mod:`fedsim.attacks.server`) are applied here to the decoded updates.
+Reply checks live in :mod:`fedsim.engine.replies`, the round's counts in
+:mod:`fedsim.engine.roundstats`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -49,23 +50,18 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.attacks.base import ServerAttack
+from fedsim.attacks.server import forge_updates
 from fedsim.codecs.base import Codec, PayloadError, TensorInfo, payload_nbytes
 from fedsim.codecs.model import decode_update, tensor_infos, validate_update
 from fedsim.config import AttackConfig, ValidationConfig
+from fedsim.keys import NUM_EXAMPLES, TRAIN_LOSS
 from fedsim.network.model import ClientWork, NetworkModel
 from fedsim.registry import ATTACKS
-from fedsim.wire import (
-    ARRAYS,
-    ATTACK_KEY,
-    CONFIG,
-    METRICS,
-    PAYLOAD,
-    REPLY_METRICS,
-    ROUND_KEY,
-    SPEC_KEY,
-    read_reply,
-    to_record,
-)
+from fedsim.wire import ARRAYS, ATTACK_KEY, CONFIG, METRICS, REPLY_METRICS, ROUND_KEY, SPEC_KEY, read_reply, to_record
+
+from .replies import MetricsCheck, check_update, reply_cap
+from .roundstats import ClientLog, RoundStats
+from .view import PayloadStrategy, RoundView
 
 log = logging.getLogger("fedsim")
 
@@ -73,17 +69,6 @@ log = logging.getLogger("fedsim")
 def all_finite(arrays: ArrayRecord) -> bool:
     """Whether every float entry of a model record is finite."""
     return all(np.isfinite(a).all() for a in arrays.to_numpy_ndarrays() if a.dtype.kind in "fc")
-
-
-def _squared_norm(a: np.ndarray) -> float:
-    """``sum a**2`` of a finite array: a float32 dot (BLAS), redone in float64 if it overflowed."""
-    x = np.ascontiguousarray(a).reshape(-1)
-    with np.errstate(over="ignore"):
-        sq = float(np.dot(x, x))
-    if not math.isfinite(sq):  # beyond ~3.4e38: only huge updates pay for the float64 copy
-        x64 = x.astype(np.float64)
-        sq = float(np.dot(x64, x64))
-    return sq
 
 
 def sample_clients(seed: int, server_round: int, available: Sequence[int], k: int) -> list[int]:
@@ -129,24 +114,8 @@ class SubsetGrid(Grid):
 
 
 @dataclass
-class ClientLog:
-    """One client's part in one round (a row of clients.jsonl)."""
-
-    round: int
-    client: int
-    status: str  # "ok", "rejected", "failed", "no-reply"
-    bytes_down: int = 0
-    bytes_up: int = 0
-    num_examples: float = 0.0
-    train_loss: float | None = None
-    reason: str = ""
-    arrival_s: float | None = None  # simulated seconds into the round (network model only)
-    profile: str | None = None
-
-
-@dataclass
 class RoundContext:
-    """What the wrapper knows in the current round; read by payload-consuming strategies."""
+    """What the wrapper knows in the current round (a payload-consuming strategy reads it as a :class:`RoundView`)."""
 
     server_round: int = 0
     codec: Codec | None = None
@@ -154,19 +123,6 @@ class RoundContext:
     node_to_client: dict[int, int] = field(default_factory=dict)
     base: dict[int, list[np.ndarray]] = field(default_factory=dict)  # node -> model it was sent
     infos: list[TensorInfo] = field(default_factory=list)
-
-
-@dataclass
-class RoundStats:
-    sampled: int = 0
-    replied: int = 0
-    rejected: int = 0
-    failed: int = 0
-    bytes_up: int = 0
-    bytes_down: int = 0
-    model_refused: int = 0  # 1 when the aggregate was not finite and the previous model was kept
-    clients: list[ClientLog] = field(default_factory=list)
-    network: dict[str, Any] = field(default_factory=dict)  # the network model's round summary
 
 
 class FedsimWrapper(Strategy):
@@ -205,6 +161,8 @@ class FedsimWrapper(Strategy):
         if clients_per_round < 1:
             raise ValueError(f"clients_per_round must be >= 1; got {clients_per_round}")
         self.inner = inner
+        # a strategy that decodes payloads itself takes the RoundView seam (fedsim.engine.view)
+        self.payload_inner: PayloadStrategy | None = inner if isinstance(inner, PayloadStrategy) else None
         self.codec = codec
         self.spec_json = spec_json
         self.seed = seed
@@ -216,9 +174,10 @@ class FedsimWrapper(Strategy):
         self.num_examples: dict[int, int] = {}  # client -> examples (from discovery)
         self.validation = validation or ValidationConfig()
         # the metrics a reply may carry (others are dropped): the documented ones, plus any
-        # a plugin strategy declares in ``reply_metrics``
-        self.reply_metrics = frozenset(REPLY_METRICS) | frozenset(getattr(inner, "reply_metrics", ()))
-        self._noted: set[str] = set()  # what was logged once
+        # a payload-consuming strategy declares in ``reply_metrics``
+        extra = self.payload_inner.reply_metrics if self.payload_inner is not None else frozenset()
+        self.metrics_check = MetricsCheck(frozenset(REPLY_METRICS) | extra, self.num_examples,
+                                          self.validation.examples_tolerance)
         self.context = RoundContext(codec=codec, seed=seed)
         # Client-side attacks travel in the Byzantine clients' config; omniscient ones
         # (ServerAttack) are applied here, to the decoded updates, before aggregation.
@@ -235,9 +194,10 @@ class FedsimWrapper(Strategy):
         self.stats = RoundStats()
         self._pending: dict[int, ClientLog] = {}
         self._sent: list[Message] = []
+        self._view: RoundView | None = None  # this round's, for the payload-consuming strategy
         self.evaluator: Any = None  # set by the server loop: ArrayRecord -> (loss, accuracy)
-        if hasattr(inner, "bind_wrapper"):
-            inner.bind_wrapper(self)
+        if self.payload_inner is not None:
+            self.payload_inner.check(self.view())  # a wrong codec or too many attackers fails now
 
     # -- set-up ---------------------------------------------------------------------
     def bind_nodes(self, node_to_client: dict[int, int], num_examples: dict[int, int] | None = None) -> None:
@@ -246,6 +206,24 @@ class FedsimWrapper(Strategy):
         self._client_to_node = {c: n for n, c in node_to_client.items()}
         self._known = sorted(self._client_to_node)
         self.num_examples = dict(num_examples or {})
+        self.metrics_check.num_examples = self.num_examples
+
+    def view(self) -> RoundView:
+        """The current round as a payload-consuming strategy sees it (read only)."""
+        ctx = self.context
+        return RoundView(server_round=ctx.server_round, seed=self.seed,
+                         node_to_client=MappingProxyType(ctx.node_to_client), codec=self.codec,
+                         infos=tuple(ctx.infos), spec_json=self.spec_json, server_attack=self.server_attack,
+                         server_attackers=frozenset(self.server_attackers),
+                         client_attackers=frozenset(self.attackers), evaluator=self.evaluator, screen=self.screen)
+
+    def prepare_resume(self, arrays: ArrayRecord) -> None:
+        """Before a checkpoint's state is restored: a payload-consuming strategy builds what its
+        first round builds (:meth:`fedsim.engine.view.PayloadStrategy.resume`) from the checkpoint's model."""
+        if not self.context.infos:
+            self.context.infos = tensor_infos([(k, a.shape) for k, a in zip(arrays.keys(), arrays.to_numpy_ndarrays())])
+        if self.payload_inner is not None:
+            self.payload_inner.resume(self.view(), arrays)
 
     def available_clients(self, server_round: int, alive: set[int] | None = None) -> list[int]:
         """Clients that can be sampled this round: those that answered discovery and whose
@@ -280,11 +258,18 @@ class FedsimWrapper(Strategy):
         # a grid whose nodes never leave (the pool's virtual clients) is not asked each round
         alive = None if getattr(grid, "nodes_fixed", False) else set(grid.get_node_ids())
         chosen = self._choose(server_round, alive=alive)
-        view = SubsetGrid(grid, [self._client_to_node[c] for c in chosen])
+        subset = SubsetGrid(grid, [self._client_to_node[c] for c in chosen])
         random.seed(int(np.random.SeedSequence([self.seed, server_round, 0xF1]).generate_state(1)[0]))
+        if self.payload_inner is not None:
+            if not ctx.infos:  # the view handed to configure describes the model it is given
+                ctx.infos = tensor_infos([(k, a.shape) for k, a in zip(arrays.keys(), arrays.to_numpy_ndarrays())])
+            self._view = self.view()
+            msgs = self.payload_inner.configure(self._view, arrays, config, subset)
+        else:
+            msgs = self.inner.configure_train(server_round, arrays, config, subset)
         out: list[Message] = []
         decoded: dict[int, list[np.ndarray]] = {}  # one deserialisation per distinct record
-        for msg in self.inner.configure_train(server_round, arrays, config, view):
+        for msg in msgs:
             node = msg.metadata.dst_node_id
             client = ctx.node_to_client[node]
             content = RecordDict()
@@ -316,11 +301,9 @@ class FedsimWrapper(Strategy):
                                group_id=str(server_round)))
         self._sent = out  # the grid sets each one's message_id when it pushes it
         self.stats.sampled = len(out) + sum(1 for e in self._pending.values() if e.status == "dropped-before")
+        if self.payload_inner is not None:
+            self._view = self.view()  # with the tensor infos of the model sent
         return out
-
-    def _max_bytes(self) -> int:
-        dense = sum(i.numel for i in self.context.infos) * 4
-        return int(self.max_payload_ratio * dense) + 64 * 1024 + 256 * len(self.context.infos)
 
     def accept(self, msg: Message) -> tuple[Message, tuple[int, int, dict[str, np.ndarray], dict[str, float]]] | None:
         """Read and validate one reply; log and count it; None if it is rejected."""
@@ -339,92 +322,34 @@ class FedsimWrapper(Strategy):
             log.warning("round %d: a second reply for client %d ignored", entry.round, entry.client)
             return None
         if msg.has_error():
-            entry.status, entry.reason = "failed", str(msg.error.reason)[:300]
-            self.stats.failed += 1
-            log.warning("round %d: client %d failed: %s", entry.round, entry.client, entry.reason)
+            self.stats.failed_reply(entry, str(msg.error.reason))
             return None
         try:
-            payload, metrics = read_reply(msg, self._max_bytes())
-            entry.bytes_up = payload_nbytes(payload)
-            self.stats.bytes_up += entry.bytes_up
-            metrics = self.checked_metrics(entry.client, metrics)
-            own = getattr(self.inner, "validate_update", None)
-            if own is not None:
-                own(payload, entry.client)  # a payload-consuming strategy owns its wire format
+            payload, metrics = read_reply(msg, reply_cap(self.context.infos, self.max_payload_ratio))
+            self.stats.received(entry, payload_nbytes(payload))
+            metrics = self.metrics_check(entry.client, metrics)
+            if self.payload_inner is not None:  # a payload-consuming strategy owns its wire format
+                self.payload_inner.validate(payload, entry.client, self._view or self.view())
             else:
                 validate_update(self.codec, payload, self.context.infos)
         except Exception as err:  # noqa: BLE001 - whatever a reply provokes rejects that reply only
-            self.reject(entry, err)
+            self.stats.reject(entry, err)
             return None
-        entry.status = "ok"
-        entry.num_examples = metrics["num-examples"]
-        entry.train_loss = metrics["train-loss"]
-        self.stats.replied += 1
+        self.stats.accepted(entry, metrics[NUM_EXAMPLES], metrics[TRAIN_LOSS])
         return msg, (node, entry.client, payload, metrics)
 
     def reject(self, entry: ClientLog, err: BaseException) -> None:
-        """Mark one client's reply rejected, with the reason (a PayloadError's message, else the exception's)."""
-        reason = str(err) if isinstance(err, PayloadError) else f"{type(err).__name__}: {err}"
-        if entry.status == "ok":
-            self.stats.replied -= 1
-        entry.status, entry.reason = "rejected", reason[:300]
-        self.stats.rejected += 1
-        log.warning("round %d: rejected the reply of client %d: %s", entry.round, entry.client, entry.reason)
-
-    def _note_once(self, key: str, message: str, *args: Any) -> None:
-        if key not in self._noted and len(self._noted) < 256:
-            self._noted.add(key)
-            log.warning(message, *args)
-
-    def trusted_examples(self, client: int, claimed: float) -> float:
-        """The FedAvg weight of ``client``: its size from discovery, which the claim must match.
-
-        ``|claimed - known| <= validation.examples_tolerance * known + 1/2`` (the count travels
-        as a float), else PayloadError. A client whose size is unknown (it reported none at
-        discovery) gets the median of the known sizes, or 1 if none is known: a reply never
-        sets its own weight.
-        """
-        known = self.num_examples.get(client)
-        if known is None:
-            sizes = list(self.num_examples.values())
-            weight = float(np.median(sizes)) if sizes else 1.0
-            self._note_once("size", "client %d (and maybe others) reported no size at discovery: such replies "
-                            "weigh %g (%s), whatever num-examples they claim (logged once)", client, weight,
-                            "the median known size" if sizes else "no size is known: equal weights")
-            return weight
-        if not abs(claimed - known) <= self.validation.examples_tolerance * known + 0.5:
-            raise PayloadError(f"metric 'num-examples' is {claimed:g}, but client {client} has {known} examples "
-                               f"(reported at discovery)")
-        return float(known)
-
-    def checked_metrics(self, client: int, metrics: dict[str, float]) -> dict[str, float]:
-        """The documented, finite metrics of a reply, with ``num-examples`` checked (:meth:`trusted_examples`)."""
-        out = {}
-        for key, value in metrics.items():
-            if key not in self.reply_metrics:
-                self._note_once(f"metric:{key}", "reply metric %r is not one fedsim knows (%s): dropped, "
-                                "this and later (logged once)", key, ", ".join(sorted(self.reply_metrics)))
-            elif math.isfinite(value):
-                out[key] = value
-        out["num-examples"] = self.trusted_examples(client, metrics["num-examples"])
-        return out
+        """Mark one client's reply rejected, with the reason (:meth:`RoundStats.reject`)."""
+        self.stats.reject(entry, err)
 
     def check_update(self, update: Sequence[np.ndarray]) -> None:
         """A decoded update (one array a tensor, or one flat vector) must be finite, and
-        within ``validation.max_update_norm`` if set; PayloadError otherwise."""
-        names = [i.name for i in self.context.infos] if len(update) == len(self.context.infos) else None
-        for k, d in enumerate(update):
-            if not np.isfinite(d).all():
-                raise PayloadError(f"{names[k] if names else 'update'}: the decoded update is not finite")
-        bound = self.validation.max_update_norm
-        if bound is not None:
-            norm = math.sqrt(sum(_squared_norm(d) for d in update))
-            if norm > bound:
-                raise PayloadError(f"update norm {norm:.6g} exceeds validation.max_update_norm = {bound:g}")
+        within ``validation.max_update_norm`` if set; PayloadError otherwise (:func:`fedsim.engine.replies.check_update`)."""
+        check_update(update, self.context.infos, self.validation.max_update_norm)
 
     def screen(self, client: int, update: Sequence[np.ndarray]) -> bool:
-        """:meth:`check_update` for a payload-consuming strategy: False, and the client
-        rejected with the reason, if ``update`` (decoded by the strategy) fails it."""
+        """:meth:`check_update` for a payload-consuming strategy (``view.screen``): False, and
+        the client rejected with the reason, if ``update`` (decoded by the strategy) fails it."""
         try:
             self.check_update(update)
         except PayloadError as err:
@@ -442,15 +367,20 @@ class FedsimWrapper(Strategy):
             kept = self._settle(server_round)
             accepted = [a for a in accepted if a[1][1] in kept]
         self.stats.clients = sorted(self._pending.values(), key=lambda e: e.client)
-        if getattr(self.inner, "consumes_payloads", False):
-            forwarded = [Message(content=RecordDict({PAYLOAD: to_record(payload), METRICS: MetricRecord(metrics)}),
-                                 metadata=msg.metadata) for msg, (_, _, payload, metrics) in accepted]
-        else:
-            forwarded = self._decoded_models(server_round, accepted)
-        if not forwarded:
+        if not accepted:
             log.warning("round %d: no valid reply; the model is unchanged", server_round)
             return None, None
-        arrays, metrics = self.inner.aggregate_train(server_round, forwarded)
+        if self.payload_inner is not None:
+            # in reply order: a strategy's sums run in the order its payloads are given
+            payloads = {client: payload for _, (_, client, payload, _) in accepted}
+            metrics_by_client = {client: m for _, (_, client, _, m) in accepted}
+            arrays, metrics = self.payload_inner.aggregate(self._view or self.view(), payloads, metrics_by_client)
+        else:
+            forwarded = self._decoded_models(server_round, accepted)
+            if not forwarded:
+                log.warning("round %d: no valid reply; the model is unchanged", server_round)
+                return None, None
+            arrays, metrics = self.inner.aggregate_train(server_round, forwarded)
         if arrays is not None and not all_finite(arrays):
             self.stats.model_refused = 1
             log.warning("round %d: the aggregated model is not finite: refused, the previous model is kept",
@@ -501,48 +431,19 @@ class FedsimWrapper(Strategy):
                 for msg, full, metrics in used]
 
     def _settle(self, server_round: int) -> set[int]:
-        """Timing of every client that ran; statuses; which updates arrive in time."""
+        """Timing of every client that ran; statuses (:meth:`RoundStats.settle`); which updates arrive in time."""
         assert self.network is not None
         ran = {}
         for e in self._pending.values():
             if e.status in ("ok", "rejected"):  # it ran and sent something back
                 n = int(e.num_examples) or self.num_examples.get(e.client, 0)
                 ran[e.client] = ClientWork(e.bytes_down, e.bytes_up, n, self.epochs, self.flops_per_sample)
-        outcome = self.network.settle(server_round, ran)
-        by_client = {e.client: e for e in self._pending.values()}
-        for c in outcome.clients:
-            e = by_client[c.client]
-            e.arrival_s, e.profile = float(c.event_s), c.profile
-            if c.status != "kept":
-                if e.status == "ok":
-                    self.stats.replied -= 1
-                elif e.status == "rejected":
-                    self.stats.rejected -= 1
-                if c.status == "dropped_mid":  # nothing reached the server
-                    self.stats.bytes_up -= e.bytes_up
-                    e.bytes_up = 0
-                e.status = c.status.replace("_", "-")
-        summary = outcome.summary()
-        self.stats.network = {
-            "sim_round_s": summary["sim_round_s"], "sim_time": summary["sim_time_s"],
-            "dropped_before": summary["dropped_before"], "dropped_mid": summary["dropped_mid"],
-            "missed_deadline": summary["missed_deadline"], "not_needed": summary["not_needed"],
-        }
-        return set(outcome.kept)
+        return self.stats.settle(self._pending.values(), self.network.settle(server_round, ran))
 
     def apply_server_attack(self, server_round: int, deltas: dict[int, list[np.ndarray]]) -> None:
-        """Replace the Byzantine clients' decoded updates with forged ones (omniscient attacks)."""
-        byz = sorted(c for c in deltas if c in self.server_attackers)
-        honest = sorted(c for c in deltas if c not in self.server_attackers)
-        if self.server_attack is None or not byz or not honest:
-            return
-        flat = np.stack([np.concatenate([d.ravel() for d in deltas[c]]) for c in honest])
-        rng = np.random.default_rng([self.seed, server_round, 0xA77AC])
-        forged = self.server_attack.forge(flat, len(byz), rng)
-        sizes = [i.numel for i in self.context.infos]
-        for c, row in zip(byz, forged):
-            parts = np.split(np.asarray(row, dtype=np.float32), np.cumsum(sizes)[:-1])
-            deltas[c] = [p.reshape(i.shape) for p, i in zip(parts, self.context.infos)]
+        """Replace the Byzantine clients' decoded updates with forged ones (:func:`fedsim.attacks.server.forge_updates`)."""
+        deltas.update(forge_updates(self.server_attack, self.server_attackers, deltas,
+                                    [i.shape for i in self.context.infos], self.seed, server_round))
 
     # -- evaluate (server-side evaluation is fedsim's default; federated is delegated) --
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
