@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app.message import make_message
 
 from fedsim.codecs.base import PayloadError
 
@@ -101,3 +102,9 @@ def read_reply(msg: Message, max_bytes: int) -> tuple[dict[str, np.ndarray], dic
 def make_reply(msg: Message, payload: Mapping[str, np.ndarray], metrics: Mapping[str, float]) -> Message:
     content = RecordDict({PAYLOAD: to_record(payload), METRICS: MetricRecord(dict(metrics))})
     return Message(content, reply_to=msg)
+
+
+def with_content(msg: Message, content: RecordDict) -> Message:
+    """A new message with ``msg``'s metadata (sender, ids) and ``content``: what the server
+    hands an inner strategy in place of a reply (Flower's typed ``make_message``)."""
+    return make_message(msg.metadata, content)

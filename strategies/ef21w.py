@@ -190,11 +190,12 @@ class EF21W(ServerEvaluatedStrategy, PayloadStrategy):
 
     A :class:`~fedsim.engine.view.PayloadStrategy`: it consumes the clients' raw payloads
     and validates them itself, reading the round (client ids, seed, codec, attackers)
-    from the :class:`~fedsim.engine.view.RoundView` the engine hands it. Per round it reports in ``round_metrics``: ``ef21_gamma``, ``ef21_L_qm``,
-    ``ef21_L_am``, ``ef21_alpha``, ``ef21_steps`` (steps taken so far), ``ef21_g_sq``
-    (``||g||^2``) and, with ``monitor``, ``grad_norm_sq`` = ``||grad f(x)||^2`` and
-    ``train_f`` = ``f(x)`` at the model returned (``f = (1/n) sum_i f_i`` over every
-    client's full partition, computed on the server from the data config: a
+    from the :class:`~fedsim.engine.view.RoundView` the engine hands it. Per round it
+    reports in ``round_metrics``: ``ef21_gamma``, ``ef21_L_qm``, ``ef21_L_am``,
+    ``ef21_alpha``, ``ef21_steps`` (steps taken so far), ``ef21_g_sq`` (``||g||^2``)
+    and, with ``monitor``, ``grad_norm_sq`` = ``||grad f(x)||^2`` and ``train_f`` =
+    ``f(x)`` at the model returned (``f = (1/n) sum_i f_i`` over every client's full
+    partition, computed on the server from the data config: a
     diagnostic, not part of the algorithm).
 
     Parameters
@@ -293,9 +294,11 @@ class EF21W(ServerEvaluatedStrategy, PayloadStrategy):
         self.spec = ClientSpec.from_json(view.spec_json) if self.monitor else None
         self.dense_wire = DenseWire(d, self.dtype)
         if self.compressor == "topk":
-            if self.k > d:  # type: ignore[operator]
-                raise ValueError(f"top-k needs k <= d = {d} (the model's size); got k={self.k}")
-            self.wire: Any = TopKWire(self.k, d, self.dtype)  # type: ignore[arg-type]
+            k = self.k
+            assert k is not None  # __init__ requires k for top-k
+            if k > d:
+                raise ValueError(f"top-k needs k <= d = {d} (the model's size); got k={k}")
+            self.wire: Any = TopKWire(k, d, self.dtype)
         elif self.compressor == "identity":
             self.wire = self.dense_wire
         else:
@@ -395,9 +398,10 @@ class EF21W(ServerEvaluatedStrategy, PayloadStrategy):
 
     def _report(self) -> None:
         p = self.plan
+        assert self.g is not None
         m: dict[str, Any] = {"ef21_gamma": p.gamma if p else None, "ef21_L_qm": p.L_qm if p else None,
                              "ef21_L_am": p.L_am if p else None, "ef21_alpha": self.wire.alpha,
-                             "ef21_steps": self.steps, "ef21_g_sq": float(self.g @ self.g)}  # type: ignore[operator]
+                             "ef21_steps": self.steps, "ef21_g_sq": float(self.g @ self.g)}
         if self.monitor:
             from fedsim.ef21.oracles import local_problem
 
@@ -422,5 +426,5 @@ def ef21(**params: Any) -> EF21W:
     return EF21W(weights="equal", **params)
 
 
-ef21.params_target = EF21W  # type: ignore[attr-defined]  # user params are checked against EF21W's
+ef21.params_target = EF21W  # user params are checked against EF21W's
 

@@ -128,7 +128,8 @@ def weighted_mean(updates: Sequence[Update], weights: Sequence[float]) -> Update
     if not updates or w.size != len(updates) or not (w > 0).all():
         raise ValueError(f"weighted_mean needs one positive weight per update; got {w.tolist()}")
     w = w / w.sum()
-    return [sum((wi * u[t].astype(np.float64) for wi, u in zip(w, updates)), np.zeros(updates[0][t].shape)).astype(np.float32)
+    return [sum((wi * u[t].astype(np.float64) for wi, u in zip(w, updates)),
+                np.zeros(updates[0][t].shape)).astype(np.float32)
             for t in range(len(updates[0]))]
 
 
@@ -326,12 +327,12 @@ class NestedDitheredQuantization(ServerEvaluatedStrategy, PayloadStrategy):
         got: dict[str, dict[int, tuple[Payload, Mapping[str, float]]]] = {REFERENCE: {}, NESTED: {}}
         for client, payload in payloads.items():
             got[self._groups[client]][client] = (payload, metrics[client])
+        nbytes = {group: [payload_nbytes(p) for p, _ in got[group].values()] for group in (REFERENCE, NESTED)}
         m: dict[str, Any] = {
             "reference_clients": len(got[REFERENCE]), "nested_clients": len(got[NESTED]),
-            "reference_bits_per_coord": _finite(bits_per_coordinate([payload_nbytes(p) for p, _ in got[REFERENCE].values()], coords)),
-            "nested_bits_per_coord": _finite(bits_per_coordinate([payload_nbytes(p) for p, _ in got[NESTED].values()], coords)),
-            "bits_per_coord": _finite(bits_per_coordinate(
-                [payload_nbytes(p) for g in got.values() for p, _ in g.values()], coords)),
+            "reference_bits_per_coord": _finite(bits_per_coordinate(nbytes[REFERENCE], coords)),
+            "nested_bits_per_coord": _finite(bits_per_coordinate(nbytes[NESTED], coords)),
+            "bits_per_coord": _finite(bits_per_coordinate(nbytes[REFERENCE] + nbytes[NESTED], coords)),
             "side_info_stale": 0, "nested_accepted": 0, "nested_failure_fraction": None,
             "failure_estimate_loo": None, "nested_discarded": 0, "round_skipped": 0,
         }

@@ -35,10 +35,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.codecs.model import model_vector, split_vector
 from fedsim.engine.view import PayloadStrategy
 from fedsim.registry import STRATEGIES
 from fedsim.robust.aggregators import nnm
-from fedsim.wire import to_record
+from fedsim.wire import to_record, with_content
 
 log = logging.getLogger("fedsim")
 
@@ -62,19 +63,17 @@ def mix_replies(replies: list[Message], f: int) -> list[Message]:
     if any(list(rec.keys()) != names or [a.shape for a in arr] != shapes for rec, arr in zip(models, arrays)):
         raise ValueError("NNM needs every reply to carry the same tensors (names and shapes)")
     dtypes = [a.dtype for a in arrays[0]]
-    x = np.stack([np.concatenate([a.astype(np.float32).ravel() for a in arr]) for arr in arrays])
+    x = np.stack([model_vector(arr, np.float32) for arr in arrays])
     y = nnm(x, f)  # y_i = mean of the n-f rows nearest x_i
-    cut = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
     out = []
     for msg, row in zip(replies, y):
-        parts = np.split(row, cut)
         content = RecordDict()
-        content[key] = to_record({n: p.reshape(s).astype(d) for n, p, s, d in zip(names, parts, shapes, dtypes)})
-        for k, rec in msg.content.metric_records.items():
-            content[k] = MetricRecord(dict(rec))
-        for k, rec in msg.content.config_records.items():
-            content[k] = ConfigRecord(dict(rec))
-        out.append(Message(content=content, metadata=msg.metadata))
+        content[key] = to_record({n: p.astype(d) for n, p, d in zip(names, split_vector(row, shapes), dtypes)})
+        for k, mrec in msg.content.metric_records.items():
+            content[k] = MetricRecord(dict(mrec))
+        for k, crec in msg.content.config_records.items():
+            content[k] = ConfigRecord(dict(crec))
+        out.append(with_content(msg, content))
     return out
 
 

@@ -58,7 +58,7 @@ def build_inner(strategy: Mapping[str, Any] | str) -> Any:
 
     Raises PluginError for a strategy that consumes raw payloads (the DP wrapper would
     pass it arrays)."""
-    spec = {"name": strategy} if isinstance(strategy, str) else dict(strategy)
+    spec: dict[str, Any] = {"name": strategy} if isinstance(strategy, str) else dict(strategy)
     unknown = set(spec) - {"name", "params"}
     if "name" not in spec or unknown:
         raise PluginError(f"a DP wrapper's 'strategy' is {{name: ..., params: {{...}}}}; got {dict(spec)!r}")
@@ -76,7 +76,8 @@ def dp_fixed_server(noise_multiplier: float, clipping_norm: float, num_sampled_c
     Every update (decoded reply minus the model sent) is scaled to L2 norm <= ``clipping_norm``;
     Gaussian noise of std ``noise_multiplier * clipping_norm / num_sampled_clients`` is added
     to the aggregate."""
-    return fl.DifferentialPrivacyServerSideFixedClipping(build_inner(strategy), _number("noise_multiplier", noise_multiplier),
+    return fl.DifferentialPrivacyServerSideFixedClipping(build_inner(strategy),
+                                                         _number("noise_multiplier", noise_multiplier),
                                                          _number("clipping_norm", clipping_norm), num_sampled_clients)
 
 
@@ -88,7 +89,8 @@ def dp_adaptive_server(noise_multiplier: float, num_sampled_clients: int, strate
     clipping norm follows the ``target_clipped_quantile`` of the update norms, Andrew et al. 2021)."""
     return fl.DifferentialPrivacyServerSideAdaptiveClipping(
         build_inner(strategy), _number("noise_multiplier", noise_multiplier), num_sampled_clients,
-        _number("initial_clipping_norm", initial_clipping_norm), _number("target_clipped_quantile", target_clipped_quantile),
+        _number("initial_clipping_norm", initial_clipping_norm),
+        _number("target_clipped_quantile", target_clipped_quantile),
         _number("clip_norm_lr", clip_norm_lr),
         None if clipped_count_stddev is None else _number("clipped_count_stddev", clipped_count_stddev))
 

@@ -55,8 +55,8 @@ class TrimmedMean(FedAvg):
             return None, None
         key = list(valid[0].content.array_records.keys())[0]
         arrays = ArrayRecord()
-        for name in valid[0].content[key].keys():
-            layers = np.stack([np.asarray(m.content[key][name].numpy()) for m in valid])
+        for name in valid[0].content.array_records[key].keys():
+            layers = np.stack([np.asarray(m.content.array_records[key][name].numpy()) for m in valid])
             flat = trimmed_mean(layers.reshape(len(valid), -1), self.f)  # (1/(n-2f)) sum_{j=f}^{n-f-1} x_(j)
             arrays[name] = Array(np.asarray(flat.reshape(layers.shape[1:]), dtype=layers.dtype))
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)

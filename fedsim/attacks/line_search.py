@@ -36,7 +36,7 @@ def attack_harm(aggregate_out: np.ndarray, honest_mean: np.ndarray, reduce: str 
     if out.ndim == 1:
         return float(np.linalg.norm(out - honest_mean))
     dist = np.linalg.norm(out - honest_mean[None, :], axis=1)
-    reducers = {"mean": np.mean, "max": np.max}
+    reducers: dict[str, Callable[[np.ndarray], np.floating]] = {"mean": np.mean, "max": np.max}
     if reduce not in reducers:
         raise ValueError(f"unknown reduce {reduce!r}; known: {', '.join(reducers)}")
     return float(reducers[reduce](dist))

@@ -26,7 +26,7 @@ from fedsim.registry import ATTACKS
 
 from .base import ServerAttack
 from .byzantine import ALIE, FOE, IPM
-from .line_search import LineSearchAttack
+from .line_search import Aggregate, LineSearchAttack
 
 # Candidate factors: ALIE's c (std units), FOE's c in (1 - c) * mean, IPM's eps.
 DEFAULT_CANDIDATES: dict[str, tuple[float, ...]] = {
@@ -39,13 +39,13 @@ FACTORIES: dict[str, Callable[[float], ServerAttack]] = {
 }
 
 
-def rule_named(against: str, rule: str = "reference", seed: int = 0) -> Callable:  # type: ignore[type-arg]
+def rule_named(against: str, rule: str = "reference", seed: int = 0) -> Aggregate:
     """The ``(vectors, f) -> aggregate`` function that ``against`` names."""
     from fedsim.robust.aggregators import get_aggregator
-    from fedsim.robust.nna import nna_aggregator
+    from fedsim.robust.nna import check_rule, nna_aggregator
 
     if against == "nna":
-        return nna_aggregator(rule=rule, seed=seed)  # type: ignore[arg-type]
+        return nna_aggregator(rule=check_rule(rule), seed=seed)
     return get_aggregator(against)
 
 

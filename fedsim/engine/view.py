@@ -124,11 +124,13 @@ class RoundView:
         return self.server_attackers | self.client_attackers
 
     def forge_vectors(self, vectors: Mapping[int, np.ndarray], dtype: npt.DTypeLike) -> dict[int, np.ndarray]:
-        """The server attack's forged flat vectors for the attackers among ``vectors`` (:func:`fedsim.attacks.server.forge_vectors`)."""
+        """The server attack's forged flat vectors for the attackers among ``vectors``
+        (:func:`fedsim.attacks.server.forge_vectors`)."""
         return forge_vectors(self.server_attack, self.server_attackers, vectors, self.seed, self.server_round, dtype)
 
     def forge_updates(self, updates: Mapping[int, Sequence[np.ndarray]]) -> dict[int, list[np.ndarray]]:
-        """The same for updates held one array per tensor of :attr:`infos` (:func:`fedsim.attacks.server.forge_updates`)."""
+        """The same for updates held one array per tensor of :attr:`infos`
+        (:func:`fedsim.attacks.server.forge_updates`)."""
         return forge_updates(self.server_attack, self.server_attackers, updates, self.shapes, self.seed,
                              self.server_round)
 

@@ -57,7 +57,18 @@ from fedsim.config import AttackConfig, ValidationConfig
 from fedsim.keys import NUM_EXAMPLES, TRAIN_LOSS
 from fedsim.network.model import ClientWork, NetworkModel
 from fedsim.registry import ATTACKS
-from fedsim.wire import ARRAYS, ATTACK_KEY, CONFIG, METRICS, REPLY_METRICS, ROUND_KEY, SPEC_KEY, read_reply, to_record
+from fedsim.wire import (
+    ARRAYS,
+    ATTACK_KEY,
+    CONFIG,
+    METRICS,
+    REPLY_METRICS,
+    ROUND_KEY,
+    SPEC_KEY,
+    read_reply,
+    to_record,
+    with_content,
+)
 
 from .replies import MetricsCheck, check_update, reply_cap
 from .roundstats import ClientLog, RoundStats
@@ -172,7 +183,7 @@ class FedsimWrapper(Strategy):
         self.epochs = epochs
         self.flops_per_sample = flops_per_sample
         self.num_examples: dict[int, int] = {}  # client -> examples (from discovery)
-        self.validation = validation or ValidationConfig()
+        self.validation = validation or ValidationConfig.model_validate({})  # the defaults
         # the metrics a reply may carry (others are dropped): the documented ones, plus any
         # a payload-consuming strategy declares in ``reply_metrics``
         extra = self.payload_inner.reply_metrics if self.payload_inner is not None else frozenset()
@@ -249,7 +260,8 @@ class FedsimWrapper(Strategy):
         return list(plan.send_to)
 
     # -- train ------------------------------------------------------------------------
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
         ctx = self.context
         ctx.server_round = server_round
         ctx.base.clear()
@@ -273,12 +285,12 @@ class FedsimWrapper(Strategy):
             node = msg.metadata.dst_node_id
             client = ctx.node_to_client[node]
             content = RecordDict()
-            for key, rec in msg.content.array_records.items():
-                content[key] = rec  # read-only: never edited after sending
-            for key, rec in msg.content.metric_records.items():
-                content[key] = MetricRecord(dict(rec))
-            for key, rec in msg.content.config_records.items():
-                content[key] = ConfigRecord(dict(rec))
+            for key, arec in msg.content.array_records.items():
+                content[key] = arec  # read-only: never edited after sending
+            for key, mrec in msg.content.metric_records.items():
+                content[key] = MetricRecord(dict(mrec))
+            for key, crec in msg.content.config_records.items():
+                content[key] = ConfigRecord(dict(crec))
             cfg = content.config_records.get(CONFIG)
             if cfg is None:
                 cfg = content[CONFIG] = ConfigRecord()
@@ -344,7 +356,8 @@ class FedsimWrapper(Strategy):
 
     def check_update(self, update: Sequence[np.ndarray]) -> None:
         """A decoded update (one array a tensor, or one flat vector) must be finite, and
-        within ``validation.max_update_norm`` if set; PayloadError otherwise (:func:`fedsim.engine.replies.check_update`)."""
+        within ``validation.max_update_norm`` if set; PayloadError otherwise
+        (:func:`fedsim.engine.replies.check_update`)."""
         check_update(update, self.context.infos, self.validation.max_update_norm)
 
     def screen(self, client: int, update: Sequence[np.ndarray]) -> bool:
@@ -361,7 +374,8 @@ class FedsimWrapper(Strategy):
             return False
         return True
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         accepted = [got for got in map(self.accept, replies) if got is not None]
         if self.network is not None:
             kept = self._settle(server_round)
@@ -426,8 +440,8 @@ class FedsimWrapper(Strategy):
         # Flower's strategies aggregate the metrics key by key over every reply: hand them
         # the metrics all of this round's replies carry (the required ones always)
         common = set.intersection(*(set(m) for *_, m in used)) if used else set()
-        return [Message(content=RecordDict({ARRAYS: to_record(full), METRICS: MetricRecord(
-                    {k: v for k, v in metrics.items() if k in common})}), metadata=msg.metadata)
+        return [with_content(msg, RecordDict({ARRAYS: to_record(full), METRICS: MetricRecord(
+                    {k: v for k, v in metrics.items() if k in common})}))
                 for msg, full, metrics in used]
 
     def _settle(self, server_round: int) -> set[int]:
@@ -441,12 +455,14 @@ class FedsimWrapper(Strategy):
         return self.stats.settle(self._pending.values(), self.network.settle(server_round, ran))
 
     def apply_server_attack(self, server_round: int, deltas: dict[int, list[np.ndarray]]) -> None:
-        """Replace the Byzantine clients' decoded updates with forged ones (:func:`fedsim.attacks.server.forge_updates`)."""
+        """Replace the Byzantine clients' decoded updates with forged ones
+        (:func:`fedsim.attacks.server.forge_updates`)."""
         deltas.update(forge_updates(self.server_attack, self.server_attackers, deltas,
                                     [i.shape for i in self.context.infos], self.seed, server_round))
 
     # -- evaluate (server-side evaluation is fedsim's default; federated is delegated) --
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
