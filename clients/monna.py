@@ -29,13 +29,13 @@ import numpy as np
 
 from fedsim.codecs.model import encode_update, flatten, init_states, tensor_infos, unflatten
 from fedsim.data.datasets import load_dataset, load_partition
+from fedsim.keys import MONNA_BETA_KEY as BETA_KEY
+from fedsim.keys import MONNA_LR_KEY as LR_KEY
+from fedsim.keys import MONNA_STEPS_KEY as STEPS_KEY
 from fedsim.robust.monna import MomentumState, client_step
 
 from .tasks import TASKS, Job, TaskResult, build_codec
 
-LR_KEY = "monna.lr"
-BETA_KEY = "monna.beta"
-STEPS_KEY = "monna.local-steps"
 MOMENTUM_KEY = "monna.momentum"  # the store key of m_i (codec state keys are "i.field")
 
 

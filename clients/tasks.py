@@ -37,6 +37,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
 from fedsim.codecs.model import encode_update, flatten, init_states, tensor_infos, unflatten
 from fedsim.config import ClientSpec, PluginSpec
+from fedsim.keys import CODEC_KEY, PROXIMAL_MU_KEY
 from fedsim.registry import CODECS, Registry
 from fedsim.state import ContextStore
 from fedsim.wire import ARRAYS
@@ -44,8 +45,6 @@ from fedsim.wire import ARRAYS
 from .trainer import local_train, requested_backend
 
 TaskResult = tuple[dict[str, np.ndarray], dict[str, float]]
-PROXIMAL_MU_KEY = "proximal-mu"  # what flwr.serverapp.strategy.FedProx puts in the config
-CODEC_KEY = "fedsim.codec"  # optional per-client codec override: PluginSpec JSON
 TASKS: Registry[Callable[[Job], TaskResult]] = Registry("client task", "fedsim.client_tasks", ())
 
 

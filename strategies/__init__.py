@@ -18,6 +18,7 @@ from typing import Any
 
 from flwr.serverapp import strategy as fl
 
+from fedsim.keys import TRAIN_LOSS
 from fedsim.registry import STRATEGIES
 
 FEDSIM_DEFAULTS = {
@@ -57,7 +58,7 @@ for _name, _cls in {
     "fedprox": fl.FedProx,
 }.items():
     STRATEGIES.add(_name, flower_strategy(_cls))
-STRATEGIES.add("qfedavg", flower_strategy(fl.QFedAvg, train_loss_key="train-loss"))  # fedsim's metric name
+STRATEGIES.add("qfedavg", flower_strategy(fl.QFedAvg, train_loss_key=TRAIN_LOSS))  # fedsim's metric name
 
 from . import (  # noqa: E402,F401  (register "monna", "nna", "nnm", "trimmed_mean")
     ef21w,  # noqa: E402,F401  (registers "ef21w" and "ef21")

@@ -10,7 +10,6 @@ from conftest import run_inprocess, small_config
 from flwr.app import ArrayRecord, ConfigRecord
 
 from fedsim.clients.app import app
-from fedsim.clients.tasks import CODEC_KEY
 from fedsim.codecs import PayloadError, TensorInfo
 from fedsim.codecs.buckets import n_buckets
 from fedsim.codecs.dithered import Dqsg
@@ -20,6 +19,7 @@ from fedsim.codecs.packing import packed_nbytes
 from fedsim.engine.inprocess import InProcessGrid
 from fedsim.engine.server import build_wrapper, discover
 from fedsim.engine.wrapper import sample_clients
+from fedsim.keys import CODEC_KEY
 from fedsim.metrics import read_rows
 from fedsim.strategies.nested_dithering import (
     NestedDitheredQuantization,

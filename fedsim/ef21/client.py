@@ -36,6 +36,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from fedsim.keys import (
+    EF21_ACKED_KEY,
+    EF21_BATCH_KEY,
+    EF21_DENSE_KEY,
+    EF21_DTYPE_KEY,
+    EF21_K_KEY,
+    EF21_SCALE_KEY,
+    EF21_TASK,
+    EF21_WANT_L_KEY,
+    EF21_WIRE_KEY,
+    TASK_KEY,
+)
+
 __all__ = [
     "EF21ClientState", "client_commit", "client_config", "client_init", "client_round", "from_arrays", "to_arrays",
 ]
@@ -138,7 +151,7 @@ def client_config(scale: float, acked: int, dense: bool, want_L: bool, compresso
                   dtype: str, batch_size: int | None) -> dict[str, Any]:
     """The config of one client's EF21 message: the task, then the ``ef21.*`` keys that
     ``fedsim.clients.ef21`` reads (listed in its module docstring)."""
-    return {"fedsim.task": "ef21",  # fedsim.wire.TASK_KEY (not imported: this module is numpy only)
-            "ef21.scale": float(scale), "ef21.acked": int(acked), "ef21.dense": bool(dense),
-            "ef21.want-L": bool(want_L), "ef21.wire": {"identity": "dense"}.get(compressor, compressor),
-            "ef21.k": int(k or 0), "ef21.dtype": dtype, "ef21.batch": int(batch_size or 0)}
+    return {TASK_KEY: EF21_TASK,
+            EF21_SCALE_KEY: float(scale), EF21_ACKED_KEY: int(acked), EF21_DENSE_KEY: bool(dense),
+            EF21_WANT_L_KEY: bool(want_L), EF21_WIRE_KEY: {"identity": "dense"}.get(compressor, compressor),
+            EF21_K_KEY: int(k or 0), EF21_DTYPE_KEY: dtype, EF21_BATCH_KEY: int(batch_size or 0)}

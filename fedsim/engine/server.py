@@ -28,10 +28,10 @@ from fedsim import checkpoint
 from fedsim.attacks.base import attacker_ids
 from fedsim.checkpoint import Part, save_arrays
 from fedsim.config import ClientSpec, Config
+from fedsim.keys import CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, SPEC_KEY
 from fedsim.metrics import Recorder, summarize
 from fedsim.registry import CODECS, STRATEGIES
 from fedsim.runstatus import write_status
-from fedsim.wire import METRICS, SPEC_KEY
 
 from .failure import FailurePolicy
 from .wrapper import FedsimWrapper
@@ -63,7 +63,7 @@ def discover(grid: Grid, nodes: list[int], timeout: float, spec_json: str | None
     is logged with its reason; discovery itself never fails on a bad reply.
     """
     def content() -> RecordDict:
-        return RecordDict({"config": ConfigRecord({SPEC_KEY: spec_json})}) if spec_json else RecordDict()
+        return RecordDict({CONFIG: ConfigRecord({SPEC_KEY: spec_json})}) if spec_json else RecordDict()
 
     def whole(value: object) -> int | None:
         ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
@@ -77,13 +77,13 @@ def discover(grid: Grid, nodes: list[int], timeout: float, spec_json: str | None
             log.warning("node %d did not answer discovery: %s", node, reply.error.reason)
             continue
         rec = reply.content.metric_records.get(METRICS)
-        cid = whole(rec.get("partition-id")) if rec is not None else None
+        cid = whole(rec.get(PARTITION_ID)) if rec is not None else None
         if cid is None or cid < 0 or (num_clients is not None and cid >= num_clients):
             log.warning("node %d: discovery reply refused (partition-id %r)", node,
-                        None if rec is None else rec.get("partition-id"))
+                        None if rec is None else rec.get(PARTITION_ID))
             continue
         claims.setdefault(cid, []).append(node)
-        n_ex = whole(rec.get("num-examples"))
+        n_ex = whole(rec.get(NUM_EXAMPLES))
         if sizes is not None and n_ex is not None and n_ex >= 0:
             sizes[cid] = n_ex
     mapping: dict[int, int] = {}
