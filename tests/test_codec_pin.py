@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedsim.codecs.model import encode_update, flatten, init_states, tensor_infos, unflatten
+from fedsim.codecs.cycle import encode_round
+from fedsim.codecs.model import tensor_infos
 from fedsim.ef21.wire import CodecWire
 from fedsim.registry import CODECS
 
@@ -44,9 +45,7 @@ def update(round_: int, client: int) -> list[np.ndarray]:
 def client_round(codec: Any, saved: dict[str, np.ndarray], round_: int, client: int,
                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """One client round as the ``train`` task runs it: restore, encode, save."""
-    states = unflatten(saved, len(INFOS)) if saved else init_states(codec, INFOS)
-    payload, states = encode_update(codec, update(round_, client), INFOS, states, SEED, round_, client)
-    return payload, flatten(states)
+    return encode_round(codec, update(round_, client), INFOS, saved, SEED, round_, client)
 
 
 def pin(name: str, params: dict[str, Any]) -> tuple[str, str]:
