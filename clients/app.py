@@ -49,7 +49,8 @@ def parse_spec(text: str) -> ClientSpec:
 def query(msg: Message, context: Context) -> Message:
     """Discovery: this node's client id and, given the data spec, its number of examples."""
     cid = client_id(context)
-    out: dict[str, int] = {"partition-id": cid, "num-partitions": int(context.node_config.get("num-partitions", 0))}
+    out: dict[str, int | float | list[int] | list[float]] = {
+        "partition-id": cid, "num-partitions": int(context.node_config.get("num-partitions", 0))}
     cfg = msg.content.config_records.get(CONFIG)
     if cfg is not None and SPEC_KEY in cfg:
         from fedsim.data.datasets import client_sizes

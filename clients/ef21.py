@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsim.codecs.model import tensor_infos
+from fedsim.codecs.model import model_vector, tensor_infos
 from fedsim.ef21.client import client_round, from_arrays, to_arrays
 from fedsim.ef21.oracles import local_problem
 from fedsim.ef21.wire import CodecWire, DenseWire, TopKWire, Wire
@@ -50,7 +50,7 @@ def ef21(job: Job) -> TaskResult:
     cfg = job.config
     record = job.message.content.array_records[ARRAYS]
     shapes = [(k, tuple(a.shape)) for k, a in record.items()]
-    x = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in record.to_numpy_ndarrays()])
+    x = model_vector(record.to_numpy_ndarrays(), np.float64)
     problem = local_problem(job.spec, job.client)
     if problem.dim != x.size:
         raise ValueError(f"the model sent has {x.size} coordinates, the configured model {problem.dim}")
@@ -61,7 +61,7 @@ def ef21(job: Job) -> TaskResult:
         batch = np.sort(rng.choice(problem.num_examples, size=batch_size, replace=False))
     loss, grad = problem.loss_grad(x, batch)
     if job.attack is not None:
-        grad = np.concatenate([np.ravel(a) for a in job.attack.corrupt([grad], rng)]).astype(np.float64)
+        grad = model_vector(job.attack.corrupt([grad], rng), np.float64)
 
     dense = bool(cfg["ef21.dense"])
     wire = _wire(job, "dense" if dense else str(cfg["ef21.wire"]), x.size, shapes)

@@ -27,7 +27,8 @@ import time
 
 import numpy as np
 
-from fedsim.codecs.model import encode_update, flatten, init_states, tensor_infos, unflatten
+from fedsim.codecs.cycle import encode_round
+from fedsim.codecs.model import model_vector, split_vector, tensor_infos
 from fedsim.data.datasets import load_dataset, load_partition
 from fedsim.keys import MONNA_BETA_KEY as BETA_KEY
 from fedsim.keys import MONNA_LR_KEY as LR_KEY
@@ -61,12 +62,9 @@ def gradient(model: object, names: list[str], theta: list[np.ndarray], x: np.nda
     loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))  # type: ignore[operator]
     loss.backward()
     params = dict(model.named_parameters())  # type: ignore[attr-defined]
-    parts = []
-    for name, t in zip(names, theta):
-        p = params.get(name)
-        g = p.grad if p is not None else None
-        parts.append(np.zeros(t.size, np.float32) if g is None else g.detach().numpy().astype(np.float32).ravel())
-    return np.concatenate(parts), float(loss.detach())
+    grads = [getattr(params.get(name), "grad", None) for name in names]
+    return model_vector([np.zeros(t.shape, np.float32) if g is None else g.detach().numpy()
+                         for g, t in zip(grads, theta)]), float(loss.detach())
 
 
 @TASKS.register("monna")
@@ -79,8 +77,7 @@ def monna(job: Job) -> TaskResult:
     steps = int(job.config.get(STEPS_KEY, 1))  # type: ignore[arg-type]
     names, theta = job.model()
     shapes = [t.shape for t in theta]
-    sizes = [t.size for t in theta]
-    flat = np.concatenate([t.ravel() for t in theta])
+    flat = model_vector(theta)
     t0 = time.perf_counter()
 
     spec = job.spec
@@ -100,21 +97,18 @@ def monna(job: Job) -> TaskResult:
     h, losses = flat, []
     for _ in range(steps):
         idx = minibatch(len(y), spec.train.batch_size, rng)
-        parts = np.split(h, np.cumsum(sizes)[:-1])
-        g, loss = gradient(model, names, [p.reshape(s) for p, s in zip(parts, shapes)], x[idx], y[idx])
+        g, loss = gradient(model, names, split_vector(h, shapes), x[idx], y[idx])
         h, state = client_step(h, g, state, beta, lr)  # m = beta m + (1-beta) g;  h = theta - lr m
         h = h.astype(np.float32)
         losses.append(loss)
-    step = [d.reshape(s) for d, s in zip(np.split(h - flat, np.cumsum(sizes)[:-1]), shapes)]
+    step = split_vector(h - flat, shapes)
     if job.attack is not None:
         step = job.attack.corrupt(step, np.random.default_rng(job.seed + [0xA77]))
     t1 = time.perf_counter()
 
-    codec = build_codec(spec.codec)
     infos = tensor_infos([(n, s) for n, s in zip(names, shapes)])
-    states = unflatten(saved, len(infos)) if saved else init_states(codec, infos)
-    payload, states = encode_update(codec, step, infos, states, spec.seed, job.round, job.client)
-    job.store.save({**flatten(states), MOMENTUM_KEY: state.momentum.astype(np.float32)})
+    payload, codec_state = encode_round(build_codec(spec.codec), step, infos, saved, spec.seed, job.round, job.client)
+    job.store.save({**codec_state, MOMENTUM_KEY: state.momentum.astype(np.float32)})
     return payload, {
         "num-examples": float(len(y)), "train-loss": float(np.mean(losses)), "steps": float(steps),
         "train-s": t1 - t0, "encode-s": time.perf_counter() - t1,

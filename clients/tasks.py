@@ -18,8 +18,10 @@ quantization: a reference group sends ``dqsg``, the rest ``ndqsg``): it puts the
 ``PluginSpec`` JSON in the config key ``fedsim.codec`` (:data:`CODEC_KEY`), which
 ``train`` reads instead of ``spec.codec``. The codec is still built from the registry by
 name, with its parameters validated by its constructor; nothing is unpickled. The
-client's saved codec state is not keyed by codec: switching a client between
-*stateful* codecs (error feedback) from round to round is not supported.
+client's codec state goes through :func:`fedsim.codecs.cycle.encode_round` (restore,
+encode, save); it is not keyed by codec: switching a client between *stateful* codecs
+(error feedback) from round to round is not supported (the restore says which key is
+missing).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 
-from fedsim.codecs.model import encode_update, flatten, init_states, tensor_infos, unflatten
+from fedsim.codecs.cycle import encode_round
+from fedsim.codecs.model import tensor_infos
 from fedsim.config import ClientSpec, PluginSpec
 from fedsim.keys import CODEC_KEY, PROXIMAL_MU_KEY
 from fedsim.registry import CODECS, Registry
@@ -68,7 +71,7 @@ def decoded_model(record: ArrayRecord) -> tuple[list[str], list[np.ndarray]]:
     costs about as much as a small model's training step). Callers must not modify them."""
     ref, cached = _LAST_MODEL
     if ref is not None and ref() is record:
-        return cached  # type: ignore[no-any-return]
+        return cached
     out = (list(record.keys()), [np.asarray(a, dtype=np.float32) for a in record.to_numpy_ndarrays()])
     _LAST_MODEL[:] = [weakref.ref(record), out]
     return out
@@ -120,7 +123,9 @@ def proximal_mu(config: ConfigRecord) -> float:
 
 @TASKS.register("train")
 def train(job: Job) -> TaskResult:
-    """Local training, then the update encoded with the codec (state kept per client)."""
+    """Local training (FedAvg's ``ClientUpdate``, McMahan et al. 2017, Alg. 1; FedProx's with
+    ``proximal-mu``), then the update ``w_local - w^t`` encoded with the codec, whose state
+    is kept per client (:mod:`fedsim.codecs.cycle`)."""
     names, start = job.model()
     t0 = time.perf_counter()
     new, metrics = local_train(job.spec, names, start, job.client, job.seed, job.attack,
@@ -130,13 +135,10 @@ def train(job: Job) -> TaskResult:
     if job.attack is not None:
         update = job.attack.corrupt(update, np.random.default_rng(job.seed + [0xA77]))
     t1 = time.perf_counter()
-    spec = job.codec_spec()
-    codec = build_codec(spec)
     infos = tensor_infos([(n, a.shape) for n, a in zip(names, start)])
-    saved = job.store.load()
-    states = unflatten(saved, len(infos)) if saved else init_states(codec, infos)
-    payload, states = encode_update(codec, update, infos, states, job.spec.seed, job.round, job.client)
-    job.store.save(flatten(states))
+    payload, saved = encode_round(build_codec(job.codec_spec()), update, infos, job.store.load(),
+                                  job.spec.seed, job.round, job.client)
+    job.store.save(saved)
     metrics.update({"train-s": t1 - t0, "encode-s": time.perf_counter() - t1})
     return payload, metrics
 from . import ef21  # noqa: E402,F401  (registers the "ef21" task)

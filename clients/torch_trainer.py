@@ -1,4 +1,13 @@
-"""Local training with torch: minibatch SGD for a number of epochs, seeded."""
+"""Local training with torch: minibatch SGD for a number of epochs, seeded.
+
+This is FedAvg's ``ClientUpdate`` (McMahan, Moore, Ramage, Hampson, Aguera y Arcas,
+"Communication-Efficient Learning of Deep Networks from Decentralized Data", AISTATS 2017,
+Algorithm 1): E epochs of minibatch SGD of size B from the global model ``w^t``. With
+``proximal_mu = mu > 0`` it is FedProx's local problem (Li, Sahu, Zaheer, Sanjabi,
+Talwalkar, Smith, "Federated Optimization in Heterogeneous Networks", MLSys 2020, Eq. 2):
+``min_w F_k(w) + mu/2 ||w - w^t||^2``, whose gradient adds ``mu (w - w^t)`` to each
+minibatch gradient. The SGD step itself is :func:`sgd_step` (``torch.optim.SGD``'s rule).
+"""
 
 from __future__ import annotations
 
@@ -86,7 +95,8 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_
             if proximal_mu:
                 with torch.no_grad():
                     for p, p0 in zip(model.parameters(), anchor):
-                        p.grad.add_(p - p0, alpha=proximal_mu)  # grad += mu (w - w^t)
+                        if p.grad is not None:  # a parameter the loss does not reach stays at w^t
+                            p.grad.add_(p - p0, alpha=proximal_mu)  # grad += mu (w - w^t)
             sgd_step(params, buffers, lr, momentum, weight_decay)
             total += float(loss.detach())
             steps += 1

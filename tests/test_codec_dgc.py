@@ -1,4 +1,8 @@
-"""Deep Gradient Compression (fedsim.codecs.dgc): ALGORITHMS.md section 1 invariants."""
+"""Deep Gradient Compression (fedsim.codecs.dgc, fedsim.codecs.threshold), Lin et al., ICLR 2018.
+
+Each technique alone against hand-computed values (Eq. 5, Eq. 7, Sec. 3.1, 3.3, 3.4), then
+the composed codec: invariants (conservation, masking, at most k sent), density 1 as dense
+momentum SGD, and FedAvg on a quadratic."""
 
 from __future__ import annotations
 
@@ -12,16 +16,21 @@ from hypothesis import strategies as st
 from fedsim.codecs.base import CodecContext, TensorInfo, validate_payload
 from fedsim.codecs.dgc import (
     DGC,
+    DGCState,
+    GradientClip,
+    MomentumMemory,
+    WarmupSchedule,
+    accumulate,
     clip_by_norm,
-    mask_sent,
+    dgc,
+    mask_momentum,
     momentum_correction,
-    sample_stride,
-    sampled_threshold,
-    select,
+    release,
     warmup_density,
 )
 from fedsim.codecs.model import decode_update, encode_update, init_states, tensor_infos
 from fedsim.codecs.sparse import num_selected
+from fedsim.codecs.threshold import SampledThreshold, sample_stride, sampled_threshold, select
 from fedsim.registry import CODECS
 
 
@@ -36,8 +45,8 @@ def rand(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------- warm-up
 
 
-def test_warmup_schedule_matches_algorithms_md() -> None:
-    # ALGORITHMS.md: rho = 0.001, W = 5 -> 0.316, 0.1, 0.0316, 0.01, 0.00316, then 0.001
+def test_warmup_schedule_hand_values() -> None:
+    # Sec. 3.4, the reference code's schedule: rho = 0.001, W = 5 -> 0.316, 0.1, 0.0316, 0.01, 0.00316, then 0.001
     got = [warmup_density(e, 0.001, 5) for e in range(8)]
     want = [0.316, 0.1, 0.0316, 0.01, 0.00316, 0.001, 0.001, 0.001]
     np.testing.assert_allclose(got, want, rtol=2e-3)
@@ -48,13 +57,14 @@ def test_warmup_schedule_matches_algorithms_md() -> None:
         warmup_density(-1, 0.001, 5)
 
 
-def test_codec_round_indexing_starts_at_first_round() -> None:
-    codec = DGC(0.001)  # first_round = 1, Flower's first server round
-    assert codec.round_density(1) == pytest.approx(0.316, rel=2e-3)
-    assert codec.round_density(6) == 0.001
-    assert DGC(0.001, first_round=0).round_density(0) == pytest.approx(0.316, rel=2e-3)
+def test_schedule_round_indexing_starts_at_first_round() -> None:
+    schedule = dgc(0.001).schedule  # first_round = 1, Flower's first server round
+    assert schedule == WarmupSchedule(0.001, 5, 1)
+    assert schedule(1) == pytest.approx(0.316, rel=2e-3)
+    assert schedule(6) == 0.001
+    assert WarmupSchedule(0.001, first_round=0)(0) == pytest.approx(0.316, rel=2e-3)
     with pytest.raises(ValueError, match="first_round"):
-        codec.round_density(0)
+        schedule(0)
 
 
 # ----------------------------------------------------------------- sampling
@@ -138,44 +148,121 @@ def test_clip_by_norm_hand_values() -> None:
     assert clip_by_norm(g, 1.0) is g  # norm 0.5 < 1: untouched
 
 
-def test_momentum_and_masking_steps_hand_values() -> None:
-    u = np.array([1.0, 2.0], np.float32)
-    v = np.array([0.5, 0.0], np.float32)
-    g = np.array([1.0, -1.0], np.float32)
-    u2, v2 = momentum_correction(u, v, g, 0.5)
-    np.testing.assert_allclose(u2, [1.5, 0.0])  # 0.5 * u + g
-    np.testing.assert_allclose(v2, [2.0, 0.0])  # v + u
-    u3, v3 = momentum_correction(u, v, g, 0.5, correction=False)
-    assert u3 is u
-    np.testing.assert_allclose(v3, [1.5, -1.0])  # v + g
-    um, vm = mask_sent(u2, v2, np.array([0]), np.array([2.0], np.float32))
-    np.testing.assert_allclose(um, [0.0, 0.0])
-    np.testing.assert_allclose(vm, [0.0, 0.0])
-    np.testing.assert_allclose(u2, [1.5, 0.0])  # inputs untouched
+def test_gradient_clip_is_clip_norm_over_sqrt_n() -> None:
+    """Sec. 3.3: with N = 4 clients, clip_norm 2 clips to 2 / sqrt(4) = 1: [6, 8] -> [0.6, 0.8]."""
+    clip = GradientClip(2.0, 4)
+    np.testing.assert_allclose(clip(np.array([6.0, 8.0], np.float32)), [0.6, 0.8], rtol=1e-5)
+    g = np.array([0.6, 0.0], np.float32)
+    assert clip(g) is g  # norm 0.6 < 1
+
+
+STATE = DGCState(np.array([1.0, 2.0], np.float32), np.array([0.5, 0.0], np.float32))
+G = np.array([1.0, -1.0], np.float32)
+
+
+def test_momentum_correction_eq7_hand_values() -> None:
+    """Eq. 7: u = m u + g = 0.5 [1, 2] + [1, -1] = [1.5, 0]; v = v + u = [2, 0]."""
+    s = momentum_correction(STATE, G, 0.5)
+    np.testing.assert_allclose(s.u, [1.5, 0.0])
+    np.testing.assert_allclose(s.v, [2.0, 0.0])
+    np.testing.assert_allclose(STATE.u, [1.0, 2.0])  # input untouched
+
+
+def test_accumulate_eq5_hand_values() -> None:
+    """Without correction: v = v + g = [1.5, -1], u as it was."""
+    s = accumulate(STATE, G)
+    assert s.u is STATE.u
+    np.testing.assert_allclose(s.v, [1.5, -1.0])
+
+
+def test_release_and_mask_momentum_hand_values() -> None:
+    """Error memory: v[idx] -= sent (Sec. 3.1); masking: u[idx] = 0 (Sec. 3.3), each alone."""
+    s = DGCState(np.array([1.5, 0.7], np.float32), np.array([2.0, 0.25], np.float32))
+    r = release(s, np.array([0]), np.array([1.5], np.float32))  # e.g. float16 rounding left 0.5
+    np.testing.assert_allclose(r.v, [0.5, 0.25])
+    assert r.u is s.u
+    m = mask_momentum(s, np.array([0]))
+    np.testing.assert_allclose(m.u, [0.0, 0.7])
+    assert m.v is s.v
+    np.testing.assert_allclose(s.u, [1.5, 0.7])  # inputs untouched
+    np.testing.assert_allclose(s.v, [2.0, 0.25])
+
+
+@pytest.mark.parametrize("correction, masking, u_after, v_after", [
+    (True, True, [0.0, 0.0], [0.0, 0.0]),  # u = [1.5, 0], v = [2, 0]; send index 0; mask it
+    (True, False, [1.5, 0.0], [0.0, 0.0]),
+    (False, True, [1.0, 2.0], [0.0, -1.0]),  # no correction: v = [1.5, -1], u unused, never masked
+])
+def test_memory_composes_its_steps(correction: bool, masking: bool, u_after: list[float],
+                                   v_after: list[float]) -> None:
+    memory = MomentumMemory(0.5, correction, masking)
+    s = memory.compensate(STATE, G)
+    sent = s.v[:1].copy()
+    s = memory.update(s, np.array([0]), sent)
+    np.testing.assert_allclose(s.u, u_after)
+    np.testing.assert_allclose(s.v, v_after)
+
+
+def test_memory_dense_path_is_momentum_sgd() -> None:
+    send, s = MomentumMemory(0.5).dense(STATE, G)
+    np.testing.assert_allclose(send, [1.5, 0.0])  # u = m u + g, sent whole
+    np.testing.assert_allclose(s.u, [1.5, 0.0])
+    assert s.v is STATE.v
+    send, s = MomentumMemory(0.5, correction=False).dense(STATE, G)
+    assert send is G and s is STATE
 
 
 def test_two_rounds_hand_computed() -> None:
-    codec = DGC(0.25, momentum=0.5, warmup_rounds=0, sample_ratio=1.0)  # k = 1 of 4
+    codec = dgc(0.25, momentum=0.5, warmup_rounds=0, sample_ratio=1.0)  # k = 1 of 4
     info = TensorInfo("w", (2, 2))
     s = codec.init(info)
     p, s = codec.encode(np.array([[1, -3], [2, 0.5]], np.float32), s, ctx(1))
     assert p["idx"].tolist() == [1] and p["val"].tolist() == [-3.0]
-    np.testing.assert_allclose(s["v"].reshape(-1), [1, 0, 2, 0.5])
-    np.testing.assert_allclose(s["u"].reshape(-1), [1, 0, 2, 0.5])
+    np.testing.assert_allclose(s.v.reshape(-1), [1, 0, 2, 0.5])
+    np.testing.assert_allclose(s.u.reshape(-1), [1, 0, 2, 0.5])
     p, s = codec.encode(np.ones((2, 2), np.float32), s, ctx(2))
     # u = 0.5 * [1, 0, 2, .5] + 1 = [1.5, 1, 2, 1.25]; v = [2.5, 1, 4, 1.75] -> send index 2
     assert p["idx"].tolist() == [2] and p["val"].tolist() == [4.0]
-    np.testing.assert_allclose(s["u"].reshape(-1), [1.5, 1, 0, 1.25])
-    np.testing.assert_allclose(s["v"].reshape(-1), [2.5, 1, 0, 1.75])
+    np.testing.assert_allclose(s.u.reshape(-1), [1.5, 1, 0, 1.25])
+    np.testing.assert_allclose(s.v.reshape(-1), [2.5, 1, 0, 1.75])
 
 
-# ----------------------------------------------------------------- ALGORITHMS.md invariants
+class Fixed:
+    """A sparsifier that always sends the given positions (the composition takes any)."""
+
+    def __init__(self, idx: list[int]) -> None:
+        self.idx = np.array(idx, np.int64)
+
+    def indices(self, v: np.ndarray, density: float, rng: np.random.Generator) -> np.ndarray:
+        return self.idx
+
+
+def test_codec_runs_clip_memory_schedule_sparsifier_in_order() -> None:
+    """clip ([6, 8] -> [0.6, 0.8] at N = 4, clip_norm 2), Eq. 7 from u = v = 0 (u = v = g),
+    send position 1 (0.8), release and mask it: u = v = [0.6, 0]."""
+    codec = DGC(Fixed([1]), MomentumMemory(0.9), WarmupSchedule(0.5, 0), GradientClip(2.0, 4))
+    info = TensorInfo("w", (1, 2))
+    p, s = codec.encode(np.array([[6.0, 8.0]], np.float32), codec.init(info), ctx())
+    assert p["idx"].tolist() == [1] and p["val"].tolist() == pytest.approx([0.8])
+    np.testing.assert_allclose(s.u, [[0.6, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(s.v, [[0.6, 0.0]], rtol=1e-6)
+
+
+def test_sampled_threshold_is_select_with_its_parameters() -> None:
+    v = rand((300, 40), 7).reshape(-1)
+    sparsifier = SampledThreshold(0.02, 1.2, 0.7, 4)
+    np.testing.assert_array_equal(
+        sparsifier.indices(v, 0.01, np.random.default_rng(3)),
+        select(v, 0.01, np.random.default_rng(3), sample_ratio=0.02, upper=1.2, lower=0.7, max_iters=4))
+
+
+# ----------------------------------------------------------------- the composed codec
 
 
 @pytest.mark.parametrize("shape", [(6, 5), (7,)])
 def test_density_one_without_clipping_is_dense_momentum_sgd(shape: tuple[int, ...]) -> None:
     m, lr = 0.9, 0.1
-    codec = DGC(1.0, momentum=m)
+    codec = dgc(1.0, momentum=m)
     info = TensorInfo("w", shape)
     state = codec.init(info)
     w_dgc = np.zeros(shape, np.float32)
@@ -205,30 +292,30 @@ def test_conservation_and_masking(
     shape: tuple[int, ...], density: float, momentum: float, masking: bool, values: str, coding: str, seed: int
 ) -> None:
     """v_before + u = v_after + sent each round; u = 0 where sent (masking); <= k sent."""
-    codec = DGC(density, momentum=momentum, momentum_masking=masking, warmup_rounds=2,
+    codec = dgc(density, momentum=momentum, momentum_masking=masking, warmup_rounds=2,
                 values=values, index_coding=coding)
     info = TensorInfo("w", shape)
     state = codec.init(info)
     for r in range(1, 5):
         g = rand(shape, seed + r)
-        u_new = np.float32(momentum) * state["u"] + g  # u after the momentum step
-        v_before = state["v"]
+        u_new = np.float32(momentum) * state.u + g  # u after the momentum step
+        v_before = state.v
         payload, state = codec.encode(g, state, ctx(r))
         validate_payload(codec, payload, info)
         sent = codec.decode(payload, info, ctx(r))
-        np.testing.assert_allclose(v_before + u_new, state["v"] + sent, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(v_before + u_new, state.v + sent, rtol=1e-5, atol=1e-5)
         idx = codec.format.indices(payload, info)
-        assert idx.size <= num_selected(g.size, codec.round_density(r))
+        assert idx.size <= num_selected(g.size, codec.schedule(r))
         if masking:
-            assert np.all(state["u"].reshape(-1)[idx] == 0)
+            assert np.all(state.u.reshape(-1)[idx] == 0)
         else:
-            np.testing.assert_allclose(state["u"], u_new, rtol=1e-6)
+            np.testing.assert_allclose(state.u, u_new, rtol=1e-6)
         if values == "float32":
-            assert np.all(state["v"].reshape(-1)[idx] == 0)
+            assert np.all(state.v.reshape(-1)[idx] == 0)
 
 
 def test_without_momentum_correction_accumulates_raw_updates() -> None:
-    codec = DGC(0.1, momentum_correction=False, warmup_rounds=0, sample_ratio=1.0)
+    codec = dgc(0.1, momentum_correction=False, warmup_rounds=0, sample_ratio=1.0)
     info = TensorInfo("w", (10, 10))
     state = codec.init(info)
     total = np.zeros((10, 10), np.float32)
@@ -239,12 +326,12 @@ def test_without_momentum_correction_accumulates_raw_updates() -> None:
         p, state = codec.encode(g, state, ctx(r))
         sent += codec.decode(p, info, ctx(r))
         assert p["val"].size == 10
-    assert not state["u"].any()
-    np.testing.assert_allclose(total, sent + state["v"], atol=1e-5)  # plain error feedback
+    assert not state.u.any()
+    np.testing.assert_allclose(total, sent + state.v, atol=1e-5)  # plain error feedback
 
 
 def test_clipping_bounds_the_sent_norm() -> None:
-    codec = DGC(1.0, momentum=0.0, clip_norm=2.0, num_clients=4)  # max norm 2 / sqrt(4) = 1
+    codec = dgc(1.0, momentum=0.0, clip_norm=2.0, num_clients=4)  # max norm 2 / sqrt(4) = 1
     info = TensorInfo("w", (5, 5))
     g = 10 * rand((5, 5))
     p, _ = codec.encode(g, codec.init(info), ctx())
@@ -263,26 +350,28 @@ def test_clipping_bounds_the_sent_norm() -> None:
         ({"warmup_rounds": -1}, "warmup_rounds"),
         ({"sample_ratio": 0.0}, "sample_ratio"),
         ({"lower": 1.0}, "lower"),
+        ({"upper": 0.5}, "upper"),
+        ({"max_iters": -1}, "max_iters"),
         ({"values": "bfloat16"}, "values"),
     ],
 )
-def test_constructor_says_why(params: dict[str, float], reason: str) -> None:
+def test_factory_says_why(params: dict[str, float], reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
-        DGC(**params)  # type: ignore[arg-type]
+        CODECS.build("dgc", params)
 
 
 def test_model_round_trip_dense_small_and_state_store_shape() -> None:
     infos = tensor_infos([("conv.weight", (16, 1, 5, 5)), ("conv.bias", (16,)), ("fc.weight", (10, 400))])
     codec = CODECS.build("dgc", {"density": 0.01, "index_coding": "delta-varint"})
     states = init_states(codec, infos)
-    assert all(set(s) == {"u", "v"} for s in states)
+    assert all(isinstance(s, DGCState) for s in states)
     for r in range(1, 4):
         update = [rand(i.shape, r * 10 + j) for j, i in enumerate(infos)]
         flat, states = encode_update(codec, update, infos, states, seed=1, round_=r, client=2)
         assert set(flat) == {"0.idx", "0.val", "1.x", "2.idx", "2.val"}
         out = decode_update(codec, flat, infos, seed=1, round_=r, client=2)
         assert [o.shape for o in out] == [i.shape for i in infos]
-        assert flat["2.val"].size <= math.ceil(4000 * codec.round_density(r))
+        assert flat["2.val"].size <= math.ceil(4000 * codec.schedule(r))
 
 
 def test_fedavg_with_dgc_learns_a_quadratic() -> None:
@@ -292,14 +381,14 @@ def test_fedavg_with_dgc_learns_a_quadratic() -> None:
     FedAvg with DGC at density 0.02 (default momentum, masking, warm-up) must get within a
     tenth of the starting distance to the optimum mean(c_k) in 300 rounds. (Error feedback
     leaves a noise floor when clients differ, and needs the per-round step small against the
-    density: with 5 steps at lr 0.1 this problem does not converge; see the module docstring.)
+    density: with 5 steps at lr 0.1 this problem does not converge; see docs/dgc-history.md.)
     """
     rng = np.random.default_rng(0)
     shape = (20, 50)
     base = rng.standard_normal(shape).astype(np.float32)
     centers = [base + 0.1 * rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
     target = np.mean(centers, axis=0)
-    codec = DGC(0.02)
+    codec = dgc(0.02)
     info = TensorInfo("w", shape)
     states = [codec.init(info) for _ in centers]
     w = np.zeros(shape, np.float32)

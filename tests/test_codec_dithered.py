@@ -1,4 +1,4 @@
-"""DQSG: the invariants of ALGORITHMS.md section 4 by seeded Monte Carlo, and the codec."""
+"""DQSG: the invariants of Abdi and Fekri 2019, Sec. 3 (Theorem 1) by seeded Monte Carlo, and the codec."""
 
 from __future__ import annotations
 

@@ -7,10 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsim.codecs.base import CodecContext, PayloadError, TensorInfo, payload_nbytes, validate_payload
+from fedsim.codecs.base import CodecContext, EmptyState, PayloadError, TensorInfo, payload_nbytes, validate_payload
 from fedsim.codecs.model import decode_update, encode_update, init_states, tensor_infos
 from fedsim.codecs.sparse import (
     ErrorFeedback,
+    ErrorFeedbackState,
     RandK,
     SparseFormat,
     TopK,
@@ -189,21 +190,21 @@ def test_error_feedback_conservation(shape: tuple[int, ...], density: float, val
     total_sent = np.zeros(shape, np.float64)
     for t in range(5):
         x = rand(shape, seed * 10 + t)
-        e_before = state["e"].copy()
+        e_before = state.e.copy()
         payload, state = codec.encode(x, state, CTX)
         sent = codec.decode(payload, info, CTX)
-        np.testing.assert_allclose(x + e_before, sent + state["e"], atol=1e-6)  # per step
+        np.testing.assert_allclose(x + e_before, sent + state.e, atol=1e-6)  # per step
         total_x += x
         total_sent += sent
-    np.testing.assert_allclose(total_x, total_sent + state["e"], atol=1e-5)
+    np.testing.assert_allclose(total_x, total_sent + state.e, atol=1e-5)
 
 
 def test_topk_without_error_feedback_is_stateless() -> None:
     codec = topk(density=0.1, error_feedback=False)
-    assert codec.init(INFO) == {}
+    assert codec.init(INFO) == EmptyState() and not codec.init(INFO)
     x = rand((4, 5))
-    p, s = codec.encode(x, {}, CTX)
-    assert s == {} and p["val"].size == 2
+    p, s = codec.encode(x, EmptyState(), CTX)
+    assert s == EmptyState() and p["val"].size == 2
 
 
 def test_small_tensors_go_dense() -> None:
@@ -261,7 +262,7 @@ def test_model_level_round_trip_and_sparse_aggregation() -> None:
         update = [rand(i.shape, client * 3 + j) for j, i in enumerate(infos)]
         flat, states = encode_update(codec, update, infos, states, seed=5, round_=1, client=client)
         assert set(flat) == {"0.idx", "0.val", "1.x", "2.idx", "2.val"}
-        assert set(states[0]) == {"e"}
+        assert isinstance(states[0], ErrorFeedbackState) and states[0].inner == EmptyState()
         decoded.append(decode_update(codec, flat, infos, seed=5, round_=1, client=client))
         # scatter_add on the raw payload equals the dense decode
         acc = np.zeros(infos[2].shape, np.float32)

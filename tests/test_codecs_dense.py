@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedsim.codecs import PayloadError, payload_nbytes, validate_payload
-from fedsim.codecs.base import CodecContext, TensorInfo
+from fedsim.codecs.base import CodecContext, EmptyState, TensorInfo
 from fedsim.codecs.dense import Fp16, Identity
 from fedsim.codecs.model import decode_update, encode_update, init_states, tensor_infos, unflatten, validate_update
 
@@ -62,7 +62,7 @@ def test_model_level_round_trip_and_keys():
     codec = Fp16()
     update = [np.arange(6, dtype=np.float32).reshape(3, 2), np.array([1, -2, 3], np.float32)]
     payload, states = encode_update(codec, update, infos, init_states(codec, infos), 0, 1, 2)
-    assert sorted(payload) == ["0.x", "1.x"] and states == [{}, {}]
+    assert sorted(payload) == ["0.x", "1.x"] and states == [EmptyState(), EmptyState()]
     out = decode_update(codec, payload, infos, 0, 1, 2)
     assert all(np.array_equal(o, u) for o, u in zip(out, update))
 

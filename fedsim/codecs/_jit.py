@@ -199,7 +199,7 @@ def nested_values(sym, table, nblocks, gain, fac, y, rho, bound, coef, constrain
             w = w + u
             w = w - q
             w = np.rint(w * rinv) * r + q  # q1_hat
-            bucket_fails += I((w > bf) | (w < -bf))
+            bucket_fails += I((w > bf) | (w < -bf))  # type: ignore[assignment]  # numba types the count itself
             qb[i] = w
         if bucket_fails and constrain:  # numpy's order: the upper bound first, then the lower on the result
             for i in range(o.size):

@@ -1,12 +1,16 @@
 """The codec seam: explicit state, pure functions, payloads of numpy arrays only.
 
-A codec compresses one tensor of a client's update (GRACE's split: the payload is what
-is communicated, the state stays on the client; Optax's ``init``/``update`` pair):
+A codec compresses one tensor of a client's update. The split is GRACE's (Xu et al.,
+"GRACE: A Compressed Communication Framework for Distributed Machine Learning", ICDCS
+2021): the payload is what is communicated, the state stays on the client. The interface
+is Optax's ``init``/``update`` pair (Babuschkin et al., "The DeepMind JAX Ecosystem", 2020):
 
-``init(info) -> State``
+``init(info) -> S``
     the per-tensor state the client keeps between rounds (error-feedback memory,
-    momentum, ...): a ``dict`` of plain numpy arrays, so it can be persisted anywhere.
-``encode(x, state, ctx) -> (Payload, State)``
+    momentum, ...): a ``NamedTuple`` of numpy arrays (:mod:`fedsim.codecs.states`), so it
+    can be persisted anywhere; :class:`~fedsim.codecs.states.EmptyState` for a memoryless
+    codec.
+``encode(x, state, ctx) -> (Payload, S)``
     pure: the payload is a ``dict`` of numpy arrays (the only thing that crosses the
     wire) and the new state; randomness comes from ``ctx.rng(...)`` only.
 ``decode(payload, info, ctx) -> ndarray``
@@ -23,14 +27,19 @@ torch encodes with the very same code the simulator uses.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import numpy as np
 
+from .states import EmptyState, State
+
 Payload = dict[str, np.ndarray]
-State = dict[str, np.ndarray]
+S = TypeVar("S")
+__all__ = ["Codec", "CodecContext", "EmptyState", "Field", "Payload", "PayloadError", "State", "TensorInfo",
+           "payload_nbytes", "validate_payload"]
 
 
 class PayloadError(ValueError):
@@ -110,17 +119,19 @@ class Field:
     high: int | None = None
 
 
-class Codec(ABC):
-    """Base class of a per-tensor codec; see the module docstring for the contract."""
+class Codec(ABC, Generic[S]):
+    """Base class of a per-tensor codec with state type ``S``; see the module docstring."""
 
     name: ClassVar[str] = ""
 
-    def init(self, info: TensorInfo) -> State:
-        """Fresh client state for one tensor (empty for stateless codecs)."""
-        return {}
+    def init(self, info: TensorInfo) -> S:
+        """Fresh client state for one tensor; :class:`EmptyState` (falsy) unless overridden.
+
+        A codec that keeps state overrides this with its own ``NamedTuple``."""
+        return cast(S, EmptyState())  # S is EmptyState for every codec that does not override init
 
     @abstractmethod
-    def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
+    def encode(self, x: np.ndarray, state: S, ctx: CodecContext) -> tuple[Payload, S]:
         """Encode ``x`` (float32, the tensor's shape); return the payload and new state."""
 
     @abstractmethod
@@ -131,8 +142,26 @@ class Codec(ABC):
     def fields(self, info: TensorInfo) -> dict[str, Field]:
         """The keys, dtypes and shapes of a valid payload for ``info``."""
 
-    def check(self, payload: Payload, info: TensorInfo) -> None:
+    def check(self, payload: Payload, info: TensorInfo) -> None:  # noqa: B027 - optional hook, no-op by default
         """Cross-field checks beyond :meth:`fields` (raise :class:`PayloadError`)."""
+
+    def params(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this codec: ``CODECS.build(c.name, c.params())``.
+
+        Read generically from ``__init__``'s signature, each from the attribute of the same
+        name, so a new constructor parameter reaches whoever rebuilds the codec (a strategy
+        that sends clients a codec's spec) without being listed anywhere else. Raises
+        TypeError when the codec does not keep a parameter as an attribute of its name.
+        """
+        out = {}
+        for p in list(inspect.signature(type(self).__init__).parameters.values())[1:]:
+            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if not hasattr(self, p.name):
+                raise TypeError(f"{type(self).__name__} keeps no attribute {p.name!r} for its constructor "
+                                "parameter of that name, so its params() cannot rebuild it")
+            out[p.name] = getattr(self, p.name)
+        return out
 
 
 def payload_nbytes(payload: Payload) -> int:

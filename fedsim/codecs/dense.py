@@ -11,18 +11,19 @@ import numpy as np
 
 from fedsim.registry import CODECS
 
-from .base import Codec, CodecContext, Field, Payload, PayloadError, State, TensorInfo
+from .base import Codec, CodecContext, Field, Payload, PayloadError, TensorInfo
+from .states import EmptyState
 
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
 @CODECS.register("identity")
-class Identity(Codec):
+class Identity(Codec[EmptyState]):
     """Send the tensor as float32: no compression."""
 
     name = "identity"
 
-    def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
+    def encode(self, x: np.ndarray, state: EmptyState, ctx: CodecContext) -> tuple[Payload, EmptyState]:
         return {"x": np.ascontiguousarray(x, dtype=np.float32)}, state
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
@@ -33,7 +34,7 @@ class Identity(Codec):
 
 
 @CODECS.register("fp16")
-class Fp16(Codec):
+class Fp16(Codec[EmptyState]):
     """Send the tensor as IEEE half precision (2 bytes a coordinate).
 
     Values beyond float16's range would become inf; the encoder refuses them
@@ -42,7 +43,7 @@ class Fp16(Codec):
 
     name = "fp16"
 
-    def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
+    def encode(self, x: np.ndarray, state: EmptyState, ctx: CodecContext) -> tuple[Payload, EmptyState]:
         with np.errstate(over="ignore"):  # overflow is detected just below, with a reason
             h = np.ascontiguousarray(x, dtype=np.float16)
         if np.isinf(h).any() and (np.isinf(h) & np.isfinite(x)).any():  # overflowed in the cast

@@ -1,107 +1,114 @@
-"""Deep Gradient Compression, on a federated client.
+"""Deep Gradient Compression on a federated client, as a composition of its techniques.
 
 Lin, Han, Mao, Wang, Dally, "Deep Gradient Compression: Reducing the Communication
 Bandwidth for Distributed Training", ICLR 2018, https://arxiv.org/abs/1712.01887;
 reference code https://github.com/synxlin/deep-gradient-compression (``dgc/compression.py``,
-``dgc/memory.py``). See also ../shared/ALGORITHMS.md, section 1.
-
-Per tensor with ``ndim > 1`` and per round (ALGORITHMS.md sec. 1; paper Sec. 3)::
+``dgc/memory.py``). Per tensor with ``ndim > 1`` and per round (paper Sec. 3)::
 
     g   = clip_by_norm(g, clip_norm * N**-0.5)   # local gradient clipping (Sec. 3.3), optional
     u   = m * u + g                              # momentum correction (Sec. 3.2, Eq. 7)
-    v   = v + u                                  # local accumulation (Sec. 3.1)
-    idx = {j : |v_j| >= thr}, about k = ceil(numel * density) of them
-    send (idx, v[idx]);  v[idx] = 0              # the rest stays in v: nothing is lost
+    v   = v + u                                  # local accumulation (Sec. 3.1, Eq. 7)
+    idx = {j : |v_j| >= thr}, about k = ceil(numel * density_t) of them   # Sec. 3.1
+    send (idx, v[idx]);  v[idx] -= sent          # the rest stays in v: nothing is lost
     u[idx] = 0                                   # momentum factor masking (Sec. 3.3)
 
-Without momentum correction (ablation) the raw gradient is accumulated, ``v = v + g``
-(Eq. 5 without the server's momentum), and ``u`` is not used. The density rises over the
-first W rounds (warm-up, Sec. 3.4; :func:`warmup_density`). Tensors with ``ndim <= 1``
-(biases, norm parameters) are sent dense, as momentum SGD: ``u = m * u + g``, send ``u``
-(what the reference code's dense path computes); so is every tensor when ``density = 1``,
-which makes DGC at density 1 exactly dense momentum SGD.
+with ``density_t`` rising over the first W rounds (warm-up, Sec. 3.4). Without momentum
+correction (ablation) the raw gradient is accumulated, ``v = v + g`` (Eq. 5 without the
+server's momentum), and ``u`` is not used. Tensors with ``ndim <= 1`` (biases, norm
+parameters) are sent dense, as momentum SGD: ``u = m * u + g``, send ``u`` (the reference
+code's dense path); so is every tensor when ``density = 1``, which makes DGC at density 1
+exactly dense momentum SGD.
 
-Federated adaptation
---------------------
-*The gradient.* In fedsim a client's "gradient" ``g`` is its round update, the
-pseudo-gradient ``g = w_local - w_global``: the local model after its local epochs minus
-the global model it received, with the sign of what the server ADDS to the model (FedAvg:
-``w <- w + (1/N) sum_k decode(payload_k)``). DGC runs once per round on it, not on every
-local step: the local optimizer is untouched and the codec sees one tensor per round.
+The composition follows GRACE (Xu et al., "GRACE: A Compressed Communication Framework
+for Distributed Machine Learning", ICDCS 2021), whose DGC is a compressor and a memory:
 
-*Where momentum lives.* ``u`` and ``v`` are client state (:meth:`DGC.init`), persisted by
-the integration's client-state store between the rounds a client takes part in; a client
-not sampled in a round keeps both unchanged. Momentum correction therefore acts *across
-rounds*: at density 1 the server applies ``(1/N) sum_k u_k`` with
-``u_k <- m u_k + g_k``, which (with every client in every round) is server momentum on the
-mean pseudo-gradient, FedAvgM (Hsu, Qi, Brown, arXiv 1909.06335, 2019) with server
-learning rate 1 and momentum m. With partial participation each client's momentum only
-advances in its own rounds.
+- :class:`GradientClip` (:func:`clip_by_norm`): local gradient clipping;
+- :class:`MomentumMemory`: the state ``DGCState(u, v)``, with momentum correction
+  (:func:`momentum_correction`, or :func:`accumulate` without it), the error memory
+  (:func:`release`) and momentum factor masking (:func:`mask_momentum`);
+- :class:`WarmupSchedule` (:func:`warmup_density`): the density of each round;
+- a sparsifier, :class:`~fedsim.codecs.threshold.SampledThreshold` (the paper's sampled
+  threshold with the reference code's top-k fallback);
+- :class:`DGC`, the codec that runs them in the order above on the sparse wire format.
 
-*Momentum 0.9 and the step size.* A pseudo-gradient is already a full step (local
-learning rate times local steps), so heavy-ball momentum m on it multiplies the
-steady-state step by 1/(1-m) = 10 at m = 0.9: FedAvgM's effective learning rate
-eta/(1-m) (Hsu et al. 2019) is 10 with eta = 1. The (1-m) scaling that would bring it back
-to 1 (``u = m u + (1-m) g``) interacts badly with momentum factor masking, which is on
-by default: a coordinate sent every round has its momentum reset every round, so it would
-be sent at (1-m) = 0.1 of its pseudo-gradient, i.e. the largest, most consistent
-coordinates would learn 10x slower than under FedAvg. Without scaling, a coordinate sent
-every round gets exactly its pseudo-gradient (u = g, v = g, both reset), and one held back
-for tau rounds gets each of its pseudo-gradients weighted by (1 - m**tau)/(1 - m) < 10:
-momentum only amplifies what waited, which is what momentum correction is for.
-We therefore keep the paper's update without scaling, and lower the default momentum to
-**m = 0.5** (SlowMo, Wang et al., ICLR 2020, uses slow momentum 0.5-0.8 with slow learning
-rate 1 on pseudo-gradients), which bounds the amplification of dense tensors (biases) and
-of held-back coordinates by 1/(1-m) = 2. ``momentum=0.9`` reproduces the reference code.
-Checked on a small FedAvg run (MLP 64-256-10 on the sklearn digits, 10 clients with two
-label-sorted shards each, 2 local epochs of SGD at lr 0.05, density 0.01, warm-up 5; test
-accuracy at rounds 10/20/30/40): dense FedAvg .81/.89/.92/.94; m = 0.9 .84/.70/.64/.79
-(oscillates); m = 0.9 with the (1-m) scaling .23/.55/.66/.79 (slow); m = 0.5
-.88/.81/.89/.88, reaching .94 at round 60 (dense .947); m = 0 .81/.81/.89/.91 (.937 at 60).
-At local lr 0.02, m = 0.9 stayed below .73 after 40 rounds.
-
-*Step size against density.* Error feedback holds a coordinate back for about 1/density
-rounds and then sends everything it earned at once, so it is stable only when the
-per-round step is small compared to the density (Stich et al., NeurIPS 2018, Thm. 2.4:
-step ~ delta = k/d). A pseudo-gradient is a large step: on the isotropic quadratic
-f_k(w) = |w - c_k|^2/2 with 3 clients, density 0.02 and 5 local steps at lr 0.1
-(pseudo-gradient 0.41 (c_k - w)), DGC does not converge for any m (m = 0 plateaus above
-the starting distance, m = 0.5 and 0.9 grow); at lr 0.02 it gets within 0.05-0.1 of the
-start (m = 0 / 0.5), m = 0.9 still diverges. With different clients it also keeps a noise
-floor (the EF21 motivation, Richtarik et al. 2021). Neural networks, whose updates are
-concentrated on few coordinates, tolerate far more (the digits run above), but at density
-0.001 the integration should keep the local step small (few local steps, small lr) or
-apply a server learning rate below 1.
-
-Selection (Sec. 3.1 and the reference code's ``_sparsify``): the threshold is the k-th
-largest magnitude of a strided sample with a random start (:func:`sampled_threshold`);
-if more than 1.3k entries pass, the exact top-k of the passing entries is taken; if fewer
-than 0.8k pass, the threshold is multiplied by 0.8 and the count redone, at most 10 times
-(:func:`select`). Where the reference then truncates the passing set to its first k
-*positions*, we keep its k *largest* entries (an argpartition over at most 1.3k values):
-same count, no bias toward low indices. So at most k entries are ever sent, exactly k when
-the sample covers the tensor.
+The registered ``dgc`` (:func:`dgc`) builds the composition from the parameters a run's
+config gives. The federated reading of the paper (the "gradient" is the client's round
+update ``w_local - w_global``, compressed once per round; ``u`` and ``v`` persist across
+the rounds a client takes part in) and the experiments behind the default momentum 0.5
+(not the reference's 0.9) are in ``docs/dgc-history.md``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from fedsim.registry import CODECS
 
-from .base import CodecContext, Payload, State, TensorInfo
-from .sparse import SparseCodec, check_density, num_selected, topk_indices
+from .base import CodecContext, Payload, TensorInfo
+from .sparse import SparseCodec, check_density
+from .threshold import SampledThreshold, sample_stride, sampled_threshold, select  # noqa: F401  (re-exported)
 
 CLIP_EPS = 1e-6  # as in the reference code's clip_grad_norm_
+SAMPLE_STREAM = "dgc-sample"  # ctx.rng stream of the threshold sample's random start
 
 
-# --------------------------------------------------------------------------- pure steps
+class DGCState(NamedTuple):
+    """DGC's per-tensor client state (stored as ``{"u", "v"}``).
+
+    ``u``: the momentum (float32, tensor shape); ``v``: the accumulation, what was earned
+    but not yet sent (float32, tensor shape). Eq. 7's ``u`` and ``v``.
+    """
+
+    u: np.ndarray
+    v: np.ndarray
+
+
+# --------------------------------------------------------------------------- techniques
+
+
+def clip_by_norm(g: np.ndarray, max_norm: float) -> np.ndarray:
+    """``g * min(1, max_norm / (||g||_2 + 1e-6))`` (Sec. 3.3; the reference's ``clip_grad_norm_``)."""
+    norm = float(np.linalg.norm(g.reshape(-1).astype(np.float64)))
+    coef = max_norm / (norm + CLIP_EPS)
+    return g * np.float32(coef) if coef < 1.0 else g
+
+
+def momentum_correction(state: DGCState, g: np.ndarray, momentum: float) -> DGCState:
+    """Eq. 7: ``u = m u + g``, then ``v = v + u``; a new state, the input untouched."""
+    u = np.float32(momentum) * state.u + g  # u <- m u + g
+    return DGCState(u, state.v + u)  # v <- v + u
+
+
+def accumulate(state: DGCState, g: np.ndarray) -> DGCState:
+    """Eq. 5 without momentum (the ablation of momentum correction): ``v = v + g``, ``u`` kept."""
+    return DGCState(state.u, state.v + g)  # v <- v + g
+
+
+def release(state: DGCState, idx: np.ndarray, sent: np.ndarray) -> DGCState:
+    """The error memory: ``v[idx] -= sent`` (flat ``idx``, ``sent`` the values as decoded).
+
+    With float32 values ``v[idx] - sent = 0`` (Sec. 3.1: the sent entries are cleared);
+    with float16 the rounding error stays in ``v``, to be sent later.
+    """
+    v = state.v.copy()
+    v.reshape(-1)[idx] -= sent  # v[idx] <- v[idx] - sent
+    return DGCState(state.u, v)
+
+
+def mask_momentum(state: DGCState, idx: np.ndarray) -> DGCState:
+    """Momentum factor masking (Sec. 3.3): ``u[idx] = 0`` where entries were sent, so the
+    stale momentum of a sent coordinate does not push it again."""
+    u = state.u.copy()
+    u.reshape(-1)[idx] = 0.0  # u[idx] <- 0
+    return DGCState(u, state.v)
 
 
 def warmup_density(e: int, density: float, warmup_rounds: int) -> float:
-    """Density of warm-up round ``e`` (0-based), the reference code's schedule.
+    """Density of warm-up round ``e`` (0-based), the reference code's schedule (Sec. 3.4).
 
     ``density_e = max(c**(e + 1), rho)`` for ``e < W`` and ``rho`` afterwards, with
     ``c = rho**(1 / (W + 1))`` (``DGCCompressor.warmup_compress_ratio``). For rho = 0.001
@@ -112,8 +119,7 @@ def warmup_density(e: int, density: float, warmup_rounds: int) -> float:
     Parameters
     ----------
     e : int
-        Warm-up round index, 0 for the first round (``ctx.round - first_round`` in
-        :class:`DGC`).
+        Warm-up round index, 0 for the first round (``ctx.round - first_round``).
     density : float
         Final density rho in (0, 1].
     warmup_rounds : int
@@ -127,226 +133,58 @@ def warmup_density(e: int, density: float, warmup_rounds: int) -> float:
     return max(c ** (e + 1), density)  # density_e = max(c^(e+1), rho)
 
 
-def sample_stride(numel: int, density: float, sample_ratio: float) -> tuple[int, int]:
-    """(stride, number of samples) of the strided sample, as the reference code sizes it.
+# --------------------------------------------------------------------------- components
 
-    The sample needs ``target = max(ceil(numel * sample_ratio), ceil(2 / density))``
-    entries, so that its top ``ceil(n_s * density)`` holds at least 2 values. If
-    ``numel <= target`` the whole tensor is the sample (stride 1: the threshold is exact).
-    Otherwise ``stride = ceil(numel / target / 32) * 32 + 1`` (odd, so a stride does not
-    alias with power-of-two row lengths), lowered by 8 until ``numel // stride >= target``.
+
+@dataclass(frozen=True)
+class GradientClip:
+    """Local gradient clipping (Sec. 3.3): each tensor's update to L2 norm ``clip_norm * N**-0.5``.
+
+    ``num_clients`` is N, the number of clients whose updates are averaged in a round (the
+    paper clips before summing over N nodes, so each gets a 1/sqrt(N) share of the norm).
     """
-    target = max(math.ceil(numel * sample_ratio), math.ceil(round(2.0 / density, 9)))
-    if numel <= target:
-        return 1, numel
-    stride = math.ceil(numel / target / 32) * 32 + 1
-    while numel // stride < target:
-        stride -= 8
-    return stride, numel // stride
+
+    clip_norm: float
+    num_clients: int
+
+    def __post_init__(self) -> None:
+        if not self.clip_norm > 0:
+            raise ValueError(f"dgc: clip_norm must be > 0 (or None to disable clipping); got {self.clip_norm}")
+        if self.num_clients is None or self.num_clients < 1:
+            raise ValueError(
+                "dgc: clipping to clip_norm * N**-0.5 needs num_clients = N >= 1, the clients "
+                f"averaged per round; got num_clients={self.num_clients}"
+            )
+
+    def __call__(self, g: np.ndarray) -> np.ndarray:
+        return clip_by_norm(g, self.clip_norm / math.sqrt(self.num_clients))  # clip_norm * N^-1/2
 
 
-def sampled_threshold(
-    a: np.ndarray, density: float, sample_ratio: float, rng: np.random.Generator
-) -> float:
-    """Threshold on magnitudes ``a`` (1-D, >= 0) estimated from a strided sample.
-
-    thr = the ceil(n_s * density)-th largest of ``a[start::stride]`` (n_s samples, random
-    ``start`` in [0, stride)): about ``numel * density`` entries of ``a`` reach it.
-    """
-    stride, n_s = sample_stride(a.size, density, sample_ratio)
-    if stride == 1:
-        sample = a
-    else:
-        start = int(rng.integers(0, stride))
-        sample = a[start::stride][:n_s]
-    k_s = num_selected(sample.size, density)
-    return float(np.partition(sample, sample.size - k_s)[sample.size - k_s])  # k_s-th largest
-
-
-def select(
-    v: np.ndarray,
-    density: float,
-    rng: np.random.Generator,
-    *,
-    sample_ratio: float = 0.01,
-    upper: float = 1.3,
-    lower: float = 0.8,
-    max_iters: int = 10,
-) -> np.ndarray:
-    """Sorted positions of about k = ceil(numel * density) largest ``|v|`` (1-D), at most k.
-
-    Threshold by sampling, then the reference code's adaptation: more than ``upper * k``
-    pass -> exact top-k of the passing; fewer than ``lower * k`` -> ``thr *= lower`` and
-    recount (at most ``max_iters`` times). A passing set larger than k is cut to its k
-    largest. Exactly k when the sample is the whole tensor.
-    """
-    numel = v.size
-    k = num_selected(numel, density)
-    if k >= numel:
-        return np.arange(numel, dtype=np.int64)
-    a = np.abs(v)
-    thr = sampled_threshold(a, density, sample_ratio, rng)
-    mask = a >= thr
-    count = int(np.count_nonzero(mask))
-    if sample_stride(numel, density, sample_ratio)[0] > 1:
-        for _ in range(max_iters):
-            if count > upper * k:
-                break  # exact top-k of the passing set, below
-            if count >= lower * k:
-                break
-            thr *= lower  # too few: lower the threshold, thr <- 0.8 thr
-            mask = a >= thr
-            count = int(np.count_nonzero(mask))
-    idx = np.flatnonzero(mask)
-    if idx.size > k:
-        idx = idx[topk_indices(v[idx], k)]  # the k largest of the passing set, still sorted
-    return idx.astype(np.int64, copy=False)
-
-
-def clip_by_norm(g: np.ndarray, max_norm: float) -> np.ndarray:
-    """``g * min(1, max_norm / (||g||_2 + 1e-6))`` (the reference's ``clip_grad_norm_``)."""
-    norm = float(np.linalg.norm(g.reshape(-1).astype(np.float64)))
-    coef = max_norm / (norm + CLIP_EPS)
-    return g * np.float32(coef) if coef < 1.0 else g
-
-
-def momentum_correction(
-    u: np.ndarray, v: np.ndarray, g: np.ndarray, momentum: float, correction: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """One accumulation step; returns new (u, v), inputs untouched.
-
-    With correction (Eq. 7): ``u = m u + g``, ``v = v + u``. Without: ``v = v + g``,
-    u unchanged (plain local gradient accumulation).
-    """
-    if not correction:
-        return u, v + g  # v <- v + g
-    u = np.float32(momentum) * u + g  # u <- m u + g
-    return u, v + u  # v <- v + u
-
-
-def mask_sent(
-    u: np.ndarray, v: np.ndarray, idx: np.ndarray, sent: np.ndarray, masking: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """After sending ``sent`` (decoded values) at flat ``idx``: ``v[idx] -= sent``, and
-    ``u[idx] = 0`` when ``masking`` (momentum factor masking). Returns new (u, v).
-
-    With float32 values ``v[idx] - sent = 0``; with float16 the rounding error stays in v.
-    """
-    v = v.copy()
-    v.reshape(-1)[idx] -= sent  # v[idx] <- v[idx] - sent (= 0 in float32)
-    if masking:
-        u = u.copy()
-        u.reshape(-1)[idx] = 0.0  # u[idx] <- 0
-    return u, v
-
-
-# --------------------------------------------------------------------------- codec
-
-
-@CODECS.register("dgc")
-class DGC(SparseCodec):
-    """Deep Gradient Compression (Lin et al., ICLR 2018) as a per-tensor codec.
+@dataclass(frozen=True)
+class WarmupSchedule:
+    """The density of each round (Sec. 3.4): :func:`warmup_density` from ``first_round`` on.
 
     Parameters
     ----------
     density : float
-        Final fraction of entries sent per tensor, rho in (0, 1]. Reference: 0.001.
-    momentum : float
-        m in [0, 1). 0.5 by default, not the reference's 0.9: see "Momentum 0.9 and the
-        step size" in the module docstring.
-    momentum_correction : bool
-        Accumulate momentum locally (u, Eq. 7); False accumulates the raw update.
-    momentum_masking : bool
-        Zero u where sent (momentum factor masking).
-    clip_norm : float or None
-        Local gradient clipping: clip each tensor's update to L2 norm
-        ``clip_norm * num_clients**-0.5``; None disables it (the reference's default).
-    num_clients : int or None
-        N of the clipping rule, the number of clients whose updates are averaged in a
-        round; required when ``clip_norm`` is set.
+        Final density rho in (0, 1].
     warmup_rounds : int
-        W: density rises exponentially over the first W rounds (:func:`warmup_density`);
-        0 disables warm-up. Reference: 5 (epochs).
+        W: density rises exponentially over the first W rounds; 0 disables warm-up.
     first_round : int
-        The ``ctx.round`` of the first round (Flower's server rounds start at 1): warm-up
-        round index e = ctx.round - first_round.
-    sample_ratio : float
-        Fraction of entries in the threshold sample, in (0, 1]. Reference: 0.01.
-    upper, lower, max_iters : float, float, int
-        The adaptation rules of :func:`select` (reference: 1.3, 0.8, 10).
-    values, index_coding : str
-        Wire format (:class:`~fedsim.codecs.sparse.SparseFormat`).
-    dense_small : bool
-        Send tensors with ndim <= 1 dense (momentum SGD).
-
-    State (per tensor, read by name)
-    --------------------------------
-    ``u``: the momentum (float32, tensor shape); ``v``: the residual accumulation, what
-    was earned but not yet sent (float32, tensor shape).
+        The ``ctx.round`` of the first round (Flower's server rounds start at 1).
     """
 
-    name = "dgc"
+    density: float
+    warmup_rounds: int = 5
+    first_round: int = 1
 
-    def __init__(
-        self,
-        density: float = 0.001,
-        *,
-        momentum: float = 0.5,
-        momentum_correction: bool = True,
-        momentum_masking: bool = True,
-        clip_norm: float | None = None,
-        num_clients: int | None = None,
-        warmup_rounds: int = 5,
-        first_round: int = 1,
-        sample_ratio: float = 0.01,
-        upper: float = 1.3,
-        lower: float = 0.8,
-        max_iters: int = 10,
-        values: str = "float32",
-        index_coding: str = "uint32",
-        dense_small: bool = True,
-    ) -> None:
-        self.density = check_density(density, "dgc")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"dgc: momentum must be in [0, 1) for the momentum sum to converge; got {momentum}")
-        if clip_norm is not None:
-            if not clip_norm > 0:
-                raise ValueError(f"dgc: clip_norm must be > 0 (or None to disable clipping); got {clip_norm}")
-            if num_clients is None or num_clients < 1:
-                raise ValueError(
-                    "dgc: clipping to clip_norm * N**-0.5 needs num_clients = N >= 1, the clients "
-                    f"averaged per round; got num_clients={num_clients}"
-                )
-        if warmup_rounds < 0:
-            raise ValueError(f"dgc: warmup_rounds must be >= 0 (0 disables warm-up); got {warmup_rounds}")
-        if not 0.0 < sample_ratio <= 1.0:
-            raise ValueError(f"dgc: sample_ratio must be in (0, 1]; got {sample_ratio}")
-        if not upper >= 1.0:
-            raise ValueError(f"dgc: upper must be >= 1 (it bounds the count above k); got {upper}")
-        if not 0.0 < lower < 1.0:
-            raise ValueError(f"dgc: lower must be in (0, 1) (threshold multiplier and count bound); got {lower}")
-        if max_iters < 0:
-            raise ValueError(f"dgc: max_iters must be >= 0; got {max_iters}")
-        self.momentum = float(momentum)
-        self.momentum_correction = bool(momentum_correction)
-        self.momentum_masking = bool(momentum_masking)
-        self.clip_norm = None if clip_norm is None else float(clip_norm)
-        self.num_clients = num_clients
-        self.warmup_rounds = int(warmup_rounds)
-        self.first_round = int(first_round)
-        self.sample_ratio = float(sample_ratio)
-        self.upper = float(upper)
-        self.lower = float(lower)
-        self.max_iters = int(max_iters)
-        super().__init__(values, index_coding, dense_small)
+    def __post_init__(self) -> None:
+        check_density(self.density, "dgc")
+        if self.warmup_rounds < 0:
+            raise ValueError(f"dgc: warmup_rounds must be >= 0 (0 disables warm-up); got {self.warmup_rounds}")
 
-    # -- helpers
-    def is_dense(self, info: TensorInfo) -> bool:
-        """Whether the tensor goes dense: small (ndim <= 1) or density 1."""
-        return self.density >= 1.0 or (self.dense_small and len(info.shape) <= 1)
-
-    def round_density(self, round_: int) -> float:
-        """The density used in round ``round_`` (``ctx.round``)."""
+    def __call__(self, round_: int) -> float:
+        """The density of round ``round_`` (``ctx.round``)."""
         e = round_ - self.first_round
         if e < 0:
             raise ValueError(
@@ -355,33 +193,149 @@ class DGC(SparseCodec):
             )
         return warmup_density(e, self.density, self.warmup_rounds)
 
-    # -- codec
-    def init(self, info: TensorInfo) -> State:
-        return {
-            "u": np.zeros(info.shape, dtype=np.float32),
-            "v": np.zeros(info.shape, dtype=np.float32),
-        }
 
-    def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
+@dataclass(frozen=True)
+class MomentumMemory:
+    """DGC's memory (GRACE's ``DgcMemory``): what a client keeps, ``DGCState(u, v)``.
+
+    Parameters
+    ----------
+    momentum : float
+        m in [0, 1).
+    correction : bool
+        Momentum correction (Eq. 7); False accumulates the raw update (Eq. 5).
+    masking : bool
+        Momentum factor masking (Sec. 3.3); only acts with correction (``u`` is unused without).
+    """
+
+    momentum: float = 0.5
+    correction: bool = True
+    masking: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"dgc: momentum must be in [0, 1) for the momentum sum to converge; got {self.momentum}")
+
+    def init(self, shape: tuple[int, ...]) -> DGCState:
+        return DGCState(np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32))
+
+    def compensate(self, state: DGCState, g: np.ndarray) -> DGCState:
+        """Add this round's update to what is kept: Eq. 7, or Eq. 5 without correction."""
+        return momentum_correction(state, g, self.momentum) if self.correction else accumulate(state, g)
+
+    def update(self, state: DGCState, idx: np.ndarray, sent: np.ndarray) -> DGCState:
+        """After sending ``sent`` at flat ``idx``: release it from ``v``, mask ``u`` there."""
+        state = release(state, idx, sent)
+        return mask_momentum(state, idx) if self.masking and self.correction else state
+
+    def dense(self, state: DGCState, g: np.ndarray) -> tuple[np.ndarray, DGCState]:
+        """A tensor sent whole: momentum SGD, send ``u = m u + g`` (``g`` without correction)."""
+        if not self.correction:
+            return g, state
+        u = np.float32(self.momentum) * state.u + g  # dense momentum SGD: u <- m u + g
+        return u, DGCState(u, state.v)
+
+
+class Sparsifier(Protocol):
+    """What DGC sends of a tensor: sorted flat positions of at most ceil(size * density) entries."""
+
+    def indices(self, v: np.ndarray, density: float, rng: np.random.Generator) -> np.ndarray: ...
+
+
+# --------------------------------------------------------------------------- codec
+
+
+class DGC(SparseCodec[DGCState]):
+    """Deep Gradient Compression (Lin et al., ICLR 2018): clipping, memory, schedule, sparsifier.
+
+    Parameters
+    ----------
+    sparsifier : Sparsifier
+        Chooses the entries sent (:class:`~fedsim.codecs.threshold.SampledThreshold`).
+    memory : MomentumMemory
+        Momentum correction, error memory and momentum factor masking.
+    schedule : WarmupSchedule
+        The density of each round.
+    clip : GradientClip or None
+        Local gradient clipping, or none (the reference's default).
+    values, index_coding : str
+        Wire format (:class:`~fedsim.codecs.sparse.SparseFormat`).
+    dense_small : bool
+        Send tensors with ndim <= 1 dense (momentum SGD).
+    """
+
+    name = "dgc"
+
+    def __init__(self, sparsifier: Sparsifier, memory: MomentumMemory, schedule: WarmupSchedule,
+                 clip: GradientClip | None = None, *, values: str = "float32", index_coding: str = "uint32",
+                 dense_small: bool = True) -> None:
+        self.sparsifier, self.memory, self.schedule, self.clip = sparsifier, memory, schedule, clip
+        super().__init__(values, index_coding, dense_small)
+
+    def is_dense(self, info: TensorInfo) -> bool:
+        """Whether the tensor goes dense: small (ndim <= 1) or density 1."""
+        return self.schedule.density >= 1.0 or (self.dense_small and len(info.shape) <= 1)
+
+    def init(self, info: TensorInfo) -> DGCState:
+        return self.memory.init(info.shape)
+
+    def encode(self, x: np.ndarray, state: DGCState, ctx: CodecContext) -> tuple[Payload, DGCState]:
         g = np.asarray(x, dtype=np.float32)
-        u, v = state["u"], state["v"]
-        if self.clip_norm is not None:
-            assert self.num_clients is not None
-            g = clip_by_norm(g, self.clip_norm / math.sqrt(self.num_clients))  # clip_norm * N^-1/2
+        if self.clip is not None:
+            g = self.clip(g)
         if self.is_dense(TensorInfo("", tuple(g.shape))):
-            if self.momentum_correction:
-                u = np.float32(self.momentum) * u + g  # dense momentum SGD: u <- m u + g
-                return self.format.pack_dense(u), {"u": u, "v": v}
-            return self.format.pack_dense(g), {"u": u, "v": v}
-        density = self.round_density(ctx.round)
-        u, v = momentum_correction(u, v, g, self.momentum, self.momentum_correction)
-        flat = v.reshape(-1)
-        idx = select(
-            flat, density, ctx.rng("dgc-sample"), sample_ratio=self.sample_ratio,
-            upper=self.upper, lower=self.lower, max_iters=self.max_iters,
-        )
+            send, state = self.memory.dense(state, g)
+            return self.format.pack_dense(send), state
+        density = self.schedule(ctx.round)
+        state = self.memory.compensate(state, g)
+        flat = state.v.reshape(-1)
+        idx = self.sparsifier.indices(flat, density, ctx.rng(SAMPLE_STREAM))
         payload = self.format.pack(idx, flat[idx])
-        sent = payload["val"].astype(np.float32)
-        u, v = mask_sent(u, v, idx, sent, self.momentum_masking and self.momentum_correction)
-        return payload, {"u": u, "v": v}
+        return payload, self.memory.update(state, idx, payload["val"].astype(np.float32))
 
+
+@CODECS.register("dgc")
+def dgc(
+    density: float = 0.001,
+    momentum: float = 0.5,
+    momentum_correction: bool = True,
+    momentum_masking: bool = True,
+    clip_norm: float | None = None,
+    num_clients: int | None = None,
+    warmup_rounds: int = 5,
+    first_round: int = 1,
+    sample_ratio: float = 0.01,
+    upper: float = 1.3,
+    lower: float = 0.8,
+    max_iters: int = 10,
+    values: str = "float32",
+    index_coding: str = "uint32",
+    dense_small: bool = True,
+) -> DGC:
+    """The ``dgc`` codec of a run's config (``codec: {name: dgc, params: {...}}``).
+
+    Parameters
+    ----------
+    density : float
+        Final fraction of entries sent per tensor, rho in (0, 1]. Reference: 0.001.
+    momentum : float
+        m in [0, 1). 0.5 by default, not the reference's 0.9 (docs/dgc-history.md).
+    momentum_correction, momentum_masking : bool
+        :class:`MomentumMemory`'s ``correction`` and ``masking``.
+    clip_norm, num_clients : float or None, int or None
+        :class:`GradientClip` (None: no clipping); ``num_clients`` required with ``clip_norm``.
+    warmup_rounds, first_round : int
+        :class:`WarmupSchedule`. Reference: 5 (epochs).
+    sample_ratio, upper, lower, max_iters
+        :class:`~fedsim.codecs.threshold.SampledThreshold`.
+    values, index_coding, dense_small
+        The wire format, as for ``topk``.
+    """
+    schedule = WarmupSchedule(check_density(density, "dgc"), int(warmup_rounds), int(first_round))
+    memory = MomentumMemory(float(momentum), bool(momentum_correction), bool(momentum_masking))
+    clip = None
+    if clip_norm is not None:
+        clip = GradientClip(float(clip_norm), num_clients)  # type: ignore[arg-type]  # None: GradientClip says why
+    sparsifier = SampledThreshold(float(sample_ratio), float(upper), float(lower), int(max_iters))
+    return DGC(sparsifier, memory, schedule, clip, values=values, index_coding=index_coding,
+               dense_small=bool(dense_small))

@@ -1,8 +1,7 @@
 """DQSG: bucketed subtractive dithered quantization of an update.
 
 A. Abdi and F. Fekri, "Nested Dithered Quantization for Communication Reduction in
-Distributed Training", arXiv:1904.01197 (2019), section 3 (DQSG). See also
-``/work/shared/ALGORITHMS.md`` section 4.
+Distributed Training", arXiv:1904.01197 (2019), section 3 (DQSG).
 
 Per bucket of ``bucket`` consecutive entries of ``g`` (the last bucket may be short)::
 
@@ -20,8 +19,8 @@ grid points included. Decoding with another dither leaves an error that depends 
 Rounding is ``floor(. + 1/2)`` (ties up), so with ``u`` in ``[-1/2, 1/2)`` and
 ``|g/s| <= M`` the index lies in ``{-M..M}``; a float rounding of ``g/s`` beyond ``M``
 by an ulp is clamped into range. The step is ``max(||g||_inf/M, tiny)`` rather than
-ALGORITHMS.md's ``||g||_inf/M + eps``: the same guard for an all-zero bucket, without
-changing any other step.
+``||g||_inf/M + eps``: the same guard for an all-zero bucket, without changing any other
+step.
 
 Wire format (everything counted by :func:`~fedsim.codecs.base.payload_nbytes`):
 
@@ -47,9 +46,10 @@ import numpy as np
 from fedsim.registry import CODECS
 
 from . import buckets, kernels
-from .base import CodecContext, Payload, State, TensorInfo
+from .base import CodecContext, Payload, TensorInfo
 from .dither import DITHER_STREAM, check_length, uniform
 from .packing import symbol_buffer
+from .states import EmptyState
 from .symbols import FLOAT32_MAX, FLOAT32_TINY, BucketSymbolCodec
 
 _TINY = float(np.finfo(np.float32).tiny)
@@ -254,7 +254,7 @@ class Dqsg(BucketSymbolCodec):
         decoded ``|s*(q - u)| <= s*(M + 1/2)`` stays below ``FLT_MAX/2``."""
         return FLOAT32_TINY, FLOAT32_MAX / (2 * self.levels + 2)
 
-    def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
+    def encode(self, x: np.ndarray, state: EmptyState, ctx: CodecContext) -> tuple[Payload, EmptyState]:
         g = np.asarray(x, dtype=np.float32).reshape(-1)
         buf = self.symbol_scratch(g.size)
         sym, scale = encode(g, self.levels, self.bucket, ctx.key(DITHER_STREAM), self.scale_dtype, buf.size, buf)

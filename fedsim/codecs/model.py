@@ -3,7 +3,7 @@
 A model update is a list of float32 tensors described by :class:`TensorInfo`. Its
 payload is one flat ``dict`` whose keys are ``"<tensor index>.<field>"`` (e.g.
 ``"0.x"``, ``"3.idx"``), which is what travels in a Flower ``ArrayRecord``; the
-per-tensor client state is flattened the same way for persistence.
+per-tensor client state is stored with keys of the same form (:mod:`fedsim.codecs.cycle`).
 
 A payload key must match :data:`PAYLOAD_KEY` exactly: the index in canonical ASCII
 decimal (``"0"``, ``"12"``; never ``"01"``, ``"+1"``, ``"\u0661"`` or fullwidth digits,

@@ -3,8 +3,7 @@
 A. Abdi and F. Fekri, "Nested Dithered Quantization for Communication Reduction in
 Distributed Training", arXiv:1904.01197 (2019), section 4 (NDQSG); the nested lattice
 scheme is that of R. Zamir, S. Shamai and U. Erez, "Nested linear/lattice codes for
-structured multiterminal binning", IEEE Trans. Inf. Theory 48(6), 2002. See also
-``/work/shared/ALGORITHMS.md`` section 4.
+structured multiterminal binning", IEEE Trans. Inf. Theory 48(6), 2002.
 
 Per bucket, with fine step ``s = max(||g||_inf / M1, tiny)`` and coarse step ``rho*s``,
 ``rho = M1 // M2``::
@@ -16,12 +15,12 @@ Per bucket, with fine step ``s = max(||g||_inf / M1, tiny)`` and coarse step ``r
              g_hat  = alpha*s*(q1_hat - u) + (1 - alpha^2)*y          ("mmse", the paper's)
                     = y + alpha*(r - s*rho*round(r/(s*rho))),  r = s*(q - u) - alpha*y
 
-The last line is ALGORITHMS.md's decoder; the two forms are equal (``r`` reduced modulo
+The last line is the decoder in the paper's form (Sec. 4); the two forms are equal (``r`` reduced modulo
 the coarse step ``s*rho`` is ``s*(q1_hat - u) - alpha*y``). We evaluate the first form: for
 ``alpha = 1`` it is ``s*(q1_hat - u)``, computed by the same float operations as the DQSG
 decoder, so a correct decode is *bit-identical* to DQSG's value for the same dither.
 
-Corrections to the formulas as first written (ALGORITHMS.md and the authors' TF-1 code):
+Corrections to the formulas as first written (the paper's Sec. 4 and the authors' TF-1 code):
 
 * **Symbol offset.** ``q = q1 - rho*round(t/rho)`` lies in ``round([-rho/2, rho/2])``: that
   is ``rho + 1`` values for even ``rho`` (and for odd ``rho`` at the ties ``t/rho = k + 1/2``).
@@ -58,10 +57,11 @@ import numpy as np
 from fedsim.registry import CODECS
 
 from . import buckets, kernels
-from .base import CodecContext, Payload, State, TensorInfo
+from .base import CodecContext, Payload, TensorInfo
 from .dither import DITHER_STREAM, check_length, uniform
 from .dithered import Key, _reciprocal, _words, keyed_symbols, steps
 from .packing import byte_digits, check_byte_packed
+from .states import EmptyState
 from .symbols import FLOAT32_MAX, FLOAT32_TINY, BucketSymbolCodec
 
 ESTIMATORS = ("mmse", "unbiased")
@@ -198,8 +198,8 @@ def nested_dequantize(
 ) -> np.ndarray:
     """NDQSG decoder with side information ``y`` (float32, 1-D).
 
-    ``mmse``: ``g_hat = alpha*s*(q1_hat - u) + (1 - alpha^2)*y`` (= ALGORITHMS.md's
-    ``y + alpha*(r - s*rho*round(r/(s*rho)))``); ``unbiased``: ``s*(q1_hat - u)/alpha``.
+    ``mmse``: ``g_hat = alpha*s*(q1_hat - u) + (1 - alpha^2)*y`` (= the paper's
+    ``y + alpha*(r - s*rho*round(r/(s*rho)))``, see the module docstring); ``unbiased``: ``s*(q1_hat - u)/alpha``.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}; got {estimator!r}")
@@ -431,7 +431,7 @@ class Ndqsg(BucketSymbolCodec):
         for any side information ``|y| <= FLT_MAX/4``."""
         return FLOAT32_TINY, self.alpha * FLOAT32_MAX / 2.0**26
 
-    def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
+    def encode(self, x: np.ndarray, state: EmptyState, ctx: CodecContext) -> tuple[Payload, EmptyState]:
         g = np.asarray(x, dtype=np.float32).reshape(-1)
         buf = self.symbol_scratch(g.size)
         sym, scale = encode(g, self.m1, self.rho, self.alpha, self.bucket, ctx.key(DITHER_STREAM), self.scale_dtype,

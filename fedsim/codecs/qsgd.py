@@ -11,8 +11,9 @@ Per bucket of ``bucket`` entries (the paper's "bucketing", section 3.1, d = 512 
 experiments): ``E[Q_s(v)] = v`` (Lemma 3.1), ``E||Q_s(v) - v||^2 <= min(d/s^2, sqrt(d)/s) ||v||^2``.
 The randomness (stochastic rounding) is the counter-based stream of ``ctx.key("qsgd")``
 (:mod:`fedsim.codecs.dither`, shifted to ``[0, 1)``); the server does not need it.
-Instead of the paper's Elias code we send the signed level ``sign*l`` in ``{-s..s}`` as the symbol ``sign*l + s`` in ``[0, 2s]``, base-``(2s+1)`` packed (fixed
-length, like DQSG, so the comparison is about the quantizer, not the entropy coder).
+Instead of the paper's Elias code we send the signed level ``sign*l`` in ``{-s..s}`` as the
+symbol ``sign*l + s`` in ``[0, 2s]``, base-``(2s+1)`` packed (fixed length, like DQSG, so
+the comparison is about the quantizer, not the entropy coder).
 
 Wire format: ``sym`` (uint8, ``packed_nbytes(n, 2s+1)``), ``norm`` (float32/float16,
 one per bucket). Decode: ``v_hat = norm * (sym - s) / s``.
@@ -25,9 +26,10 @@ import numpy as np
 from fedsim.registry import CODECS
 
 from . import buckets, kernels
-from .base import CodecContext, Payload, State, TensorInfo
+from .base import CodecContext, Payload, TensorInfo
 from .dither import check_length, uniform01
 from .packing import symbol_buffer
+from .states import EmptyState
 from .symbols import FLOAT32_MAX, BucketSymbolCodec
 
 QSGD_STREAM = "qsgd"
@@ -147,7 +149,7 @@ class Qsgd(BucketSymbolCodec):
 
     scale_field = "norm"
 
-    def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
+    def encode(self, x: np.ndarray, state: EmptyState, ctx: CodecContext) -> tuple[Payload, EmptyState]:
         v = np.asarray(x, dtype=np.float32).reshape(-1)
         buf = self.symbol_scratch(v.size)
         sym, norm = encode(v, self.levels, self.bucket, ctx.key(QSGD_STREAM), self.scale_dtype, buf.size, buf)

@@ -20,13 +20,13 @@ so that nothing is ever lost: ``sum_t x_t = sum_t decode(p_t) + e_T``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from fedsim.registry import CODECS
 
-from .base import Codec, CodecContext, Field, Payload, State, TensorInfo
+from .base import Codec, CodecContext, Field, Payload, S, TensorInfo
 from .sparse_format import (  # noqa: F401  (re-exported: the sparse codecs' public helpers)
     INDEX_CODINGS,
     VALUE_DTYPES,
@@ -41,11 +41,12 @@ from .sparse_format import (  # noqa: F401  (re-exported: the sparse codecs' pub
     varint_decode,
     varint_encode,
 )
+from .states import EmptyState
 
 # --------------------------------------------------------------------------- sparsifiers
 
 
-class SparseCodec(Codec):
+class SparseCodec(Codec[S]):
     """What every sparsifier shares: the wire format, dense small tensors, decoding.
 
     Subclasses implement ``encode``; ``decode``, ``fields`` and ``check`` delegate to
@@ -70,7 +71,7 @@ class SparseCodec(Codec):
         self.format.check(payload, info)
 
 
-class TopK(SparseCodec):
+class TopK(SparseCodec[EmptyState]):
     """Send the k = ceil(numel * density) entries of largest magnitude, exactly.
 
     Without memory this is biased; wrap it in :class:`ErrorFeedback` (the registered
@@ -99,7 +100,7 @@ class TopK(SparseCodec):
         super().__init__(values, index_coding, dense_small)
         self.density = check_density(density, "topk")
 
-    def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
+    def encode(self, x: np.ndarray, state: EmptyState, ctx: CodecContext) -> tuple[Payload, EmptyState]:
         if self.dense_small and x.ndim <= 1:
             return self.format.pack_dense(x), state
         flat = np.asarray(x, dtype=np.float32).reshape(-1)
@@ -120,7 +121,7 @@ class TopK(SparseCodec):
         return num_selected(info.numel, self.density) / info.numel  # alpha = k / numel
 
 
-class RandK(SparseCodec):
+class RandK(SparseCodec[EmptyState]):
     """Send k = ceil(numel * density) entries chosen uniformly without replacement.
 
     The positions come from ``ctx.rng("randk")``. With ``scale=True`` the values are
@@ -165,7 +166,7 @@ class RandK(SparseCodec):
         k = num_selected(numel, self.density)
         return np.sort(ctx.rng("randk").choice(numel, size=k, replace=False)).astype(np.int64)
 
-    def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
+    def encode(self, x: np.ndarray, state: EmptyState, ctx: CodecContext) -> tuple[Payload, EmptyState]:
         if self.dense_small and x.ndim <= 1:
             return self.format.pack_dense(x), state
         flat = np.asarray(x, dtype=np.float32).reshape(-1)
@@ -196,12 +197,21 @@ class RandK(SparseCodec):
 # --------------------------------------------------------------------------- memory
 
 
-class ErrorFeedback(Codec):
+class ErrorFeedbackState(NamedTuple):
+    """Error feedback's state: the residual ``e`` and the wrapped codec's own state.
+
+    Stored as ``{"e", "inner.<key>", ...}`` (:func:`fedsim.codecs.states.state_arrays`)."""
+
+    e: np.ndarray
+    inner: Any
+
+
+class ErrorFeedback(Codec[ErrorFeedbackState]):
     """Residual memory around any codec: send C(x + e), keep e' = x + e - decode(C(x + e)).
 
-    State: ``{"e": residual, **{"inner.<key>": inner state}}``. The payload, fields and
-    checks are the inner codec's, so the server decodes without knowing the memory
-    exists ("only the tensors are communicated, the context stays local").
+    The payload, fields and checks are the inner codec's, so the server decodes without
+    knowing the memory exists ("only the tensors are communicated, the context stays
+    local": GRACE's memory, Xu et al. 2021, Sec. III).
 
     Parameters
     ----------
@@ -209,23 +219,22 @@ class ErrorFeedback(Codec):
         The compressor whose error is remembered.
     """
 
-    def __init__(self, inner: Codec) -> None:
+    def __init__(self, inner: Codec[Any]) -> None:
         if not isinstance(inner, Codec):
             raise TypeError(f"ErrorFeedback wraps a Codec; got {type(inner).__name__}")
         self.inner = inner
-        self.name = f"ef({inner.name})"  # type: ignore[misc]
+        self.name = f"ef({inner.name})"  # type: ignore[misc]  # an instance's name: the class has none
 
-    def init(self, info: TensorInfo) -> State:
-        inner = {f"inner.{k}": v for k, v in self.inner.init(info).items()}
-        return {"e": np.zeros(info.shape, dtype=np.float32), **inner}
+    def init(self, info: TensorInfo) -> ErrorFeedbackState:
+        return ErrorFeedbackState(np.zeros(info.shape, dtype=np.float32), self.inner.init(info))
 
-    def encode(self, x: np.ndarray, state: State, ctx: CodecContext) -> tuple[Payload, State]:
-        y = np.asarray(x, dtype=np.float32) + state["e"]  # y = x + e
-        inner_state = _unprefix(state, "inner.")
-        payload, inner_state = self.inner.encode(y, inner_state, ctx)
+    def encode(self, x: np.ndarray, state: ErrorFeedbackState, ctx: CodecContext,
+               ) -> tuple[Payload, ErrorFeedbackState]:
+        y = np.asarray(x, dtype=np.float32) + state.e  # y = x + e
+        payload, inner_state = self.inner.encode(y, state.inner, ctx)
         sent = self.inner.decode(payload, TensorInfo("ef", tuple(y.shape)), ctx)
         e = y - sent  # e' = x + e - decode(C(x + e))
-        return payload, {"e": e, **{f"inner.{k}": v for k, v in inner_state.items()}}
+        return payload, ErrorFeedbackState(e, inner_state)
 
     def decode(self, payload: Payload, info: TensorInfo, ctx: CodecContext) -> np.ndarray:
         return self.inner.decode(payload, info, ctx)
@@ -235,10 +244,6 @@ class ErrorFeedback(Codec):
 
     def check(self, payload: Payload, info: TensorInfo) -> None:
         self.inner.check(payload, info)
-
-
-def _unprefix(state: Mapping[str, np.ndarray], prefix: str) -> State:
-    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 # --------------------------------------------------------------------------- registered
@@ -251,9 +256,9 @@ def topk(
     values: str = "float32",
     index_coding: str = "uint32",
     dense_small: bool = True,
-) -> Codec:
+) -> Codec[Any]:
     """Top-k sparsification, with error feedback unless ``error_feedback=False``."""
-    codec: Codec = TopK(density, values=values, index_coding=index_coding, dense_small=dense_small)
+    codec: Codec[Any] = TopK(density, values=values, index_coding=index_coding, dense_small=dense_small)
     return ErrorFeedback(codec) if error_feedback else codec
 
 
@@ -266,7 +271,7 @@ def randk(
     values: str = "float32",
     index_coding: str = "uint32",
     dense_small: bool = True,
-) -> Codec:
+) -> Codec[Any]:
     """Random-k sparsification: unbiased (``scale=True``) and memoryless by default.
 
     Error feedback with a scaled (expanding, d/k > 1) compressor is not a contraction
@@ -277,7 +282,7 @@ def randk(
             "randk: error feedback needs a contractive compressor, but scale=True multiplies "
             "values by numel/k > 1; use scale=False with error_feedback=True"
         )
-    codec: Codec = RandK(
+    codec: Codec[Any] = RandK(
         density, scale=scale, seeded_indices=seeded_indices, values=values,
         index_coding=index_coding, dense_small=dense_small,
     )

@@ -93,8 +93,8 @@ def scatter_add(acc: np.ndarray, idx: np.ndarray, val: np.ndarray, weight: float
 
     ``idx`` must be unique (every validated payload's is), so fancy-index ``+=`` is a
     correct scatter-add; the cost is O(len(idx)), not O(numel). FedAvg of sparse
-    payloads is ``G = sum_k w_k * scatter(idx_k, val_k)`` (ALGORITHMS.md sec. 1, with
-    w_k = 1/N), computed by calling this once per client on one zeroed ``acc``.
+    payloads is ``G = sum_k w_k * scatter(idx_k, val_k)`` (FedAvg, McMahan et al., AISTATS
+    2017, with w_k = 1/N), computed by calling this once per client on one zeroed ``acc``.
     """
     flat = acc.reshape(-1)
     flat[idx] += np.float32(weight) * val.astype(np.float32, copy=False)

@@ -17,12 +17,13 @@ import numpy as np
 from . import buckets, kernels
 from .base import Codec, Field, Payload, PayloadError, TensorInfo
 from .packing import byte_digits, check_byte_packed, pack, packed_nbytes, padded_length, unpack
+from .states import EmptyState
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
-class BucketSymbolCodec(Codec):
+class BucketSymbolCodec(Codec[EmptyState]):
     """Base of the codecs whose payload is packed symbols plus one float per bucket.
 
     Subclasses set ``base``, ``bucket`` and ``scale_dtype`` in ``__init__``, name the
