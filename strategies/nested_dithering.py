@@ -283,13 +283,8 @@ class NestedDitheredQuantization(ServerEvaluatedStrategy, PayloadStrategy):
     def _codec_specs(cls, view: RoundView) -> dict[str, str]:
         n = cls._nested_codec(view)
         r = reference_codec(n)
-        return {
-            REFERENCE: PluginSpec(name="dqsg", params={"levels": r.levels, "bucket": r.bucket,
-                                                       "scale_dtype": r.scale_dtype}).model_dump_json(),
-            NESTED: PluginSpec(name="ndqsg", params={"m1": n.m1, "m2": n.m2, "alpha": n.alpha, "bucket": n.bucket,
-                                                     "scale_dtype": n.scale_dtype,
-                                                     "estimator": n.estimator}).model_dump_json(),
-        }
+        return {REFERENCE: PluginSpec(name=r.name, params=r.params()).model_dump_json(),
+                NESTED: PluginSpec(name=n.name, params=n.params()).model_dump_json()}
 
     # -- train ------------------------------------------------------------------------
     def configure(self, view: RoundView, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
