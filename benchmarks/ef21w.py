@@ -127,11 +127,16 @@ def fedsim_config(partition: str, n: int, k: int, mult: float, method: str, roun
 def fedsim_parts(partition: str, n: int) -> Parts:
     """The clients' (A_i, b_i) exactly as fedsim's ef21 task builds them."""
     from fedsim.config import ClientSpec
-    from fedsim.ef21.oracles import local_problem
+    from fedsim.ef21.oracles import LogRegProblem, local_problem
 
     spec = ClientSpec.from_config(fedsim_config(partition, n, 1, 1.0, "EF21 / L_QM step", 1, "float32"))
-    probs = [local_problem(spec, c) for c in range(n)]
-    return [(p.A, p.b) for p in probs]  # type: ignore[attr-defined]
+    parts: Parts = []
+    for c in range(n):
+        p = local_problem(spec, c)
+        if not isinstance(p, LogRegProblem):
+            raise TypeError(f"client {c}: expected the numpy logistic regression, got {type(p).__name__}")
+        parts.append((p.A, p.b))
+    return parts
 
 
 def through_fedsim(partition: str, n: int, k: int, mult: float, method: str, rounds: int, dtype: str) -> list[dict]:

@@ -73,11 +73,12 @@ def run_bare(overrides: list[str]) -> tuple[list[float], float]:
 
         tt.one_thread()
         ds = load_dataset(cfg.data, cfg.seed)
-        conf = msg.content["config"]
-        pid, rnd = int(conf["client"]), int(conf["server-round"])  # the client the server sampled
+        conf = msg.content.config_records["config"]
+        pid, rnd = conf["client"], conf["server-round"]  # the client the server sampled
+        assert isinstance(pid, int) and isinstance(rnd, int)  # as the server below sets them
         x, y = load_partition(cfg.data, cfg.seed, pid)
         model = build_model(cfg.model.name, cfg.model.params, ds.input_shape, ds.num_classes, 0)
-        tt.set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
+        tt.set_weights(model, msg.content.array_records["arrays"].to_numpy_ndarrays())
         t = cfg.train
         m = tt.train(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
                      momentum=t.momentum, weight_decay=t.weight_decay, seed=train_seed(cfg.seed, rnd, pid))

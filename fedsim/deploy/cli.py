@@ -45,7 +45,7 @@ def _parse_value(text: str) -> C.ConfigValue:
         return low == "true"
     for cast in (int, float):
         try:
-            return cast(text)  # type: ignore[no-any-return]
+            return cast(text)
         except ValueError:
             pass
     return text
