@@ -250,8 +250,8 @@ def sweep_problem(args: argparse.Namespace) -> dict[str, Any]:
         results[f"L_QM/L_AM {qm_am_ratio(res['L']):.2f}"] = res
         r = {name: tr.rounds_to(args.tol) for name, (_, tr, _) in res["traces"].items()}
         rq, rw = r["EF21 / L_QM step"], r["EF21-W / L_AM step"]
-        mbit = [f"{wire_mbit(res['d'], args.k, x):.3f}" if x else f">= {wire_mbit(res['d'], args.k, args.max_rounds):.3f}"
-                for x in (rq, rw)]
+        mbit = [f"{wire_mbit(res['d'], args.k, x):.3f}" if x
+                else f">= {wire_mbit(res['d'], args.k, args.max_rounds):.3f}" for x in (rq, rw)]
         sec = sum(t for _, _, t in res["traces"].values())
         print(f"{lead} {s:>8.4f} {target:>6g} {qm_am_ratio(res['L']):>7.4f} {format_rounds(rq, args.max_rounds):>11} "
               f"{format_rounds(rw, args.max_rounds):>13} {format_gain(rq, rw, args.max_rounds):>8} {mbit[0]:>10} "
