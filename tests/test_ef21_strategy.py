@@ -226,7 +226,8 @@ def test_ef21_refuses_weights_and_stateful_or_undeclared_codecs():
 
     with pytest.raises(ValueError, match="equal weights"):
         STRATEGIES.build("ef21", {"weights": "smoothness", "k": 1})
-    for codec, match in [("{name: topk, params: {density: 0.1}}", "keeps state"), ("{name: qsgd}", "contraction_alpha")]:
+    for codec, match in [("{name: topk, params: {density: 0.1}}", "keeps state"),
+                         ("{name: qsgd}", "contraction_alpha")]:
         run = Run(ef21_config("ef21w", f"codec={codec}", compressor="codec", k=None))
         with pytest.raises(ValueError, match=match):
             run.round()
