@@ -1,6 +1,6 @@
 """Codec speed: DGC's sampled threshold vs exact top-k, and encode + decode throughput.
 
-(a) On one float32 tensor of --size entries at density 0.001 (ALGORITHMS.md sec. 1):
+(a) On one float32 tensor of --size entries at density 0.001 (DGC's, Lin et al., ICLR 2018):
     DGC's sampled selection (numpy, :func:`fedsim.codecs.dgc.select`) against exact
     ``torch.topk`` on |x| and numpy's ``argpartition``: time of each, speedup, and the
     number selected against k (goals: 5x faster than torch.topk, count within +-30% of k).

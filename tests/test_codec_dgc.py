@@ -1,4 +1,4 @@
-"""Deep Gradient Compression (fedsim.codecs.dgc): ALGORITHMS.md section 1 invariants."""
+"""Deep Gradient Compression (Lin et al., ICLR 2018; fedsim.codecs.dgc): its invariants and schedule."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def rand(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 
 def test_warmup_schedule_matches_algorithms_md() -> None:
-    # ALGORITHMS.md: rho = 0.001, W = 5 -> 0.316, 0.1, 0.0316, 0.01, 0.00316, then 0.001
+    # the reference code's schedule: rho = 0.001, W = 5 -> 0.316, 0.1, 0.0316, 0.01, 0.00316, then 0.001
     got = [warmup_density(e, 0.001, 5) for e in range(8)]
     want = [0.316, 0.1, 0.0316, 0.01, 0.00316, 0.001, 0.001, 0.001]
     np.testing.assert_allclose(got, want, rtol=2e-3)
@@ -169,7 +169,7 @@ def test_two_rounds_hand_computed() -> None:
     np.testing.assert_allclose(s["v"].reshape(-1), [2.5, 1, 0, 1.75])
 
 
-# ----------------------------------------------------------------- ALGORITHMS.md invariants
+# ----------------------------------------------------------------- DGC invariants
 
 
 @pytest.mark.parametrize("shape", [(6, 5), (7,)])

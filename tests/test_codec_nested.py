@@ -95,7 +95,7 @@ def test_alpha_decoder_equals_the_algorithms_md_form_and_zse_estimate(alpha: flo
     y = (g + 0.9 * s * (rho - 1) / (2 * alpha) * np.random.default_rng(2).uniform(-1, 1, g.size)).astype(np.float32)
     sym, scale = nested_quantize(g, m1, rho, alpha, B, u)
     g_hat = nested_dequantize(sym, scale, u, y, rho, alpha, B)
-    # ALGORITHMS.md: r = s(q - u) - alpha y; g_hat = y + alpha (r - s rho round(r/(s rho)))
+    # the nested decoder: r = s(q - u) - alpha y; g_hat = y + alpha (r - s rho round(r/(s rho)))
     r = s * (sym - u.astype(np.float64)) - alpha * y
     page = y + alpha * (r - s * rho * np.round(r / (s * rho)))
     np.testing.assert_allclose(g_hat, page, atol=1e-5)
