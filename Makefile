@@ -1,13 +1,13 @@
 # The two commands of the README:
 #   make run   - set up (venv, install) and run the main job on the embedded default config
-#   make test  - set up and run the whole test suite (.ci/run calls exactly this)
+#   make test  - set up, lint (ruff, mypy), then run the whole test suite (.ci/run calls exactly this)
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 CONFIG  ?= configs/quickstart.yaml
 STAMP   := $(VENV)/.fedsim-setup
 
-.PHONY: setup run test test-fast bench data clean
+.PHONY: setup run lint test test-fast bench data clean
 
 setup: $(STAMP)
 
@@ -21,7 +21,11 @@ $(STAMP): pyproject.toml constraints.txt
 run: setup
 	$(BIN)/fedsim run $(CONFIG)
 
-test: setup
+# ruff and mypy read their settings from pyproject.toml ([tool.ruff], [tool.mypy])
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -1,6 +1,6 @@
 """Codec speed: DGC's sampled threshold vs exact top-k, and encode + decode throughput.
 
-(a) On one float32 tensor of --size entries at density 0.001 (ALGORITHMS.md sec. 1):
+(a) On one float32 tensor of --size entries at density 0.001 (DGC's, Lin et al., ICLR 2018):
     DGC's sampled selection (numpy, :func:`fedsim.codecs.dgc.select`) against exact
     ``torch.topk`` on |x| and numpy's ``argpartition``: time of each, speedup, and the
     number selected against k (goals: 5x faster than torch.topk, count within +-30% of k).
@@ -17,6 +17,7 @@ Times are the median of --repeat runs after one warm-up run.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -75,7 +76,8 @@ def bench_throughput(x: np.ndarray, repeat: int) -> None:
     from fedsim.codecs import kernels
 
     path = f"numba kernels, {kernels.threads()} thread(s)" if kernels.available() else "numpy (numba not installed)"
-    print(f"\n(b) encode + decode of one {shape} float32 tensor ({nbytes / 1e6:.0f} MB), defaults; dqsg/ndqsg/qsgd: {path}")
+    print(f"\n(b) encode + decode of one {shape} float32 tensor ({nbytes / 1e6:.0f} MB), defaults; "
+          f"dqsg/ndqsg/qsgd: {path}")
     print(f"{'codec':<16}{'encode ms':>11}{'decode ms':>11}{'GB/s':>8}{'payload B':>13}{'ratio':>8}")
     out = np.empty_like(x)
     t = timeit(lambda: np.copyto(out, x), repeat)
@@ -90,12 +92,12 @@ def bench_throughput(x: np.ndarray, repeat: int) -> None:
         state = codec.init(info)
         payload, _ = codec.encode(x2, state, ctx)
         validate_payload(codec, payload, info)
-        t_enc = timeit(lambda: codec.encode(x2, state, ctx), repeat)
+        t_enc = timeit(functools.partial(codec.encode, x2, state, ctx), repeat)
         if hasattr(codec, "decode_with_side_info"):  # nested codes decode around side information y
             y = (x2 + np.float32(0.01) * np.abs(x2).max()).astype(np.float32)
-            t_dec = timeit(lambda: codec.decode_with_side_info(payload, info, ctx, y), repeat)
+            t_dec = timeit(functools.partial(codec.decode_with_side_info, payload, info, ctx, y), repeat)
         else:
-            t_dec = timeit(lambda: codec.decode(payload, info, ctx), repeat)
+            t_dec = timeit(functools.partial(codec.decode, payload, info, ctx), repeat)
         size = payload_nbytes(payload)
         print(f"{name:<16}{t_enc * 1e3:>11.2f}{t_dec * 1e3:>11.2f}{nbytes / (t_enc + t_dec) / 1e9:>8.2f}"
               f"{size:>13,}{nbytes / size:>8.1f}")

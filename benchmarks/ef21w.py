@@ -127,11 +127,16 @@ def fedsim_config(partition: str, n: int, k: int, mult: float, method: str, roun
 def fedsim_parts(partition: str, n: int) -> Parts:
     """The clients' (A_i, b_i) exactly as fedsim's ef21 task builds them."""
     from fedsim.config import ClientSpec
-    from fedsim.ef21.oracles import local_problem
+    from fedsim.ef21.oracles import LogRegProblem, local_problem
 
     spec = ClientSpec.from_config(fedsim_config(partition, n, 1, 1.0, "EF21 / L_QM step", 1, "float32"))
-    probs = [local_problem(spec, c) for c in range(n)]
-    return [(p.A, p.b) for p in probs]  # type: ignore[attr-defined]
+    parts: Parts = []
+    for c in range(n):
+        p = local_problem(spec, c)
+        if not isinstance(p, LogRegProblem):
+            raise TypeError(f"client {c}: expected the numpy logistic regression, got {type(p).__name__}")
+        parts.append((p.A, p.b))
+    return parts
 
 
 def through_fedsim(partition: str, n: int, k: int, mult: float, method: str, rounds: int, dtype: str) -> list[dict]:
@@ -245,8 +250,8 @@ def sweep_problem(args: argparse.Namespace) -> dict[str, Any]:
         results[f"L_QM/L_AM {qm_am_ratio(res['L']):.2f}"] = res
         r = {name: tr.rounds_to(args.tol) for name, (_, tr, _) in res["traces"].items()}
         rq, rw = r["EF21 / L_QM step"], r["EF21-W / L_AM step"]
-        mbit = [f"{wire_mbit(res['d'], args.k, x):.3f}" if x else f">= {wire_mbit(res['d'], args.k, args.max_rounds):.3f}"
-                for x in (rq, rw)]
+        mbit = [f"{wire_mbit(res['d'], args.k, x):.3f}" if x
+                else f">= {wire_mbit(res['d'], args.k, args.max_rounds):.3f}" for x in (rq, rw)]
         sec = sum(t for _, _, t in res["traces"].values())
         print(f"{lead} {s:>8.4f} {target:>6g} {qm_am_ratio(res['L']):>7.4f} {format_rounds(rq, args.max_rounds):>11} "
               f"{format_rounds(rw, args.max_rounds):>13} {format_gain(rq, rw, args.max_rounds):>8} {mbit[0]:>10} "

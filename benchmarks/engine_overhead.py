@@ -33,8 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# the quickstart's codec and network model off: bare Flower has neither
 BASE = ["name=overhead", "rounds=15", "output.progress=false", "output.plots=false",
-        "codec={name: identity}", "network=null"]  # the quickstart's codec and network model off: bare Flower has neither
+        "codec={name: identity}", "network=null"]
 
 
 def cfg_from(overrides: list[str]):
@@ -73,11 +74,12 @@ def run_bare(overrides: list[str]) -> tuple[list[float], float]:
 
         tt.one_thread()
         ds = load_dataset(cfg.data, cfg.seed)
-        conf = msg.content["config"]
-        pid, rnd = int(conf["client"]), int(conf["server-round"])  # the client the server sampled
+        conf = msg.content.config_records["config"]
+        pid, rnd = conf["client"], conf["server-round"]  # the client the server sampled
+        assert isinstance(pid, int) and isinstance(rnd, int)  # as the server below sets them
         x, y = load_partition(cfg.data, cfg.seed, pid)
         model = build_model(cfg.model.name, cfg.model.params, ds.input_shape, ds.num_classes, 0)
-        tt.set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
+        tt.set_weights(model, msg.content.array_records["arrays"].to_numpy_ndarrays())
         t = cfg.train
         m = tt.train(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
                      momentum=t.momentum, weight_decay=t.weight_decay, seed=train_seed(cfg.seed, rnd, pid))
@@ -183,13 +185,15 @@ def main() -> None:
     b, f = statistics.median(times["bare"]), statistics.median(times["fedsim"])
     print()
     print(f"config: quickstart ({cfg.data.name}, {cfg.model.name}, identity codec, no network model), "
-          f"{cfg.data.num_clients} clients, {cfg.clients_per_round} per round (the same seeded sample on both sides), "
-          f"{cfg.rounds} rounds x {args.repeats} repeats, {os.cpu_count()} cores, fedsim backend {cfg.simulation.backend}")
+          f"{cfg.data.num_clients} clients, {cfg.clients_per_round} per round "
+          f"(the same seeded sample on both sides), {cfg.rounds} rounds x {args.repeats} repeats, "
+          f"{os.cpu_count()} cores, fedsim backend {cfg.simulation.backend}")
     print("| engine | median round (ms) | rounds measured |")
     print("|---|---|---|")
     print(f"| bare Flower FedAvg | {b * 1000:.1f} | {len(times['bare'])} |")
     print(f"| fedsim FedAvg | {f * 1000:.1f} | {len(times['fedsim'])} |")
-    print(f"ratio fedsim / bare (per repeat: {', '.join(f'{r:.3f}' for r in ratios)}): median {statistics.median(ratios):.3f}, "
+    print(f"ratio fedsim / bare (per repeat: {', '.join(f'{r:.3f}' for r in ratios)}): "
+          f"median {statistics.median(ratios):.3f}, "
           f"range {min(ratios):.3f}-{max(ratios):.3f} (goal <= 1.10)")
     same = "yes" if abs(accuracy["bare"] - accuracy["fedsim"]) < 1e-9 else "NO"
     print(f"same final accuracy on both sides (same clients, same seeds): {same} "

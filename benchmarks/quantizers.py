@@ -77,8 +77,11 @@ def main() -> None:
                     return codec.decode_with_side_info(payload, info, ctx, side)
                 return codec.decode(payload, info, ctx)
 
+            def enc(codec=codec) -> object:
+                return codec.encode(x, {}, ctx)
+
             dec()
-            t_enc = best(lambda codec=codec: codec.encode(x, {}, ctx), args.repeat)
+            t_enc = best(enc, args.repeat)
             t_dec = best(dec, args.repeat)
             bits = 8 * payload_nbytes(payload) / n
             print(f"{label:20s} {label_path:14s} {bits:10.3f} {t_enc * 1e3:8.1f} {t_dec * 1e3:8.1f}"

@@ -10,6 +10,7 @@ naive reference), NNM, NNM + trimmed mean and Krum. Keep it short on shared mach
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 
@@ -28,6 +29,15 @@ def best_ms(fn: Callable[[], object], repeat: int) -> float:
     return 1e3 * min(times)
 
 
+def loop_nna(x: np.ndarray, received: np.ndarray, f: int) -> list[np.ndarray]:
+    """The naive reference: single-pivot NNA for each honest client in turn."""
+    return [nna(x[i], x[received[i]], f, "reference") for i in range(len(x) - f)]
+
+
+def nnm_trimmed_mean(x: np.ndarray, f: int) -> np.ndarray:
+    return with_nnm(trimmed_mean)(x, f)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=26)
@@ -43,14 +53,15 @@ def main() -> None:
         rng = np.random.default_rng(0)
         x = rng.normal(size=(n, d)).astype(np.float32)
         mask = received_sets(n, f, list(range(n - f)), byzantine=byz, rng=rng)
-        row = [
-            best_ms(lambda: nna_mix(x, f, rule="reference", byzantine=byz, received=mask), args.repeat),
-            best_ms(lambda: nna_mix(x, f, rule="byzfl", byzantine=byz), args.repeat),
-            best_ms(lambda: [nna(x[i], x[mask[i]], f, "reference") for i in range(n - f)], args.repeat),
-            best_ms(lambda: nnm(x, f), args.repeat),
-            best_ms(lambda: with_nnm(trimmed_mean)(x, f), args.repeat),
-            best_ms(lambda: krum(x, f), args.repeat),
+        calls: list[Callable[[], object]] = [
+            functools.partial(nna_mix, x, f, rule="reference", byzantine=byz, received=mask),
+            functools.partial(nna_mix, x, f, rule="byzfl", byzantine=byz),
+            functools.partial(loop_nna, x, mask, f),
+            functools.partial(nnm, x, f),
+            functools.partial(nnm_trimmed_mean, x, f),
+            functools.partial(krum, x, f),
         ]
+        row = [best_ms(call, args.repeat) for call in calls]
         print(f"{n:>4} {d:>9} " + " ".join(f"{v:>9.1f}" for v in row))
 
 

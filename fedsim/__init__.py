@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
+import types
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # at run time, __getattr__ below imports them on first use
+    from fedsim.api import Result as Result
+    from fedsim.api import load_result as load_result
+    from fedsim.api import run as run
 
 __version__ = "0.1.0"
 
@@ -18,7 +27,8 @@ _MAPPED = {"fedsim.strategies": _ROOT / "strategies", "fedsim.clients": _ROOT / 
 
 
 class _CheckoutFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path=None, target=None):  # type: ignore[no-untyped-def]
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
+                  target: types.ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         directory = _MAPPED.get(fullname)
         if directory is None:
             return None
@@ -33,7 +43,7 @@ if not (Path(__file__).parent / "clients").exists() and all((d / "__init__.py").
 _API = ("run", "Result", "load_result")
 
 
-def __getattr__(name: str):  # type: ignore[no-untyped-def]
+def __getattr__(name: str) -> Any:
     """``fedsim.run`` and friends, imported on first use (:mod:`fedsim.api`): ``import fedsim``
     itself imports neither torch nor Ray, as an edge install has neither."""
     if name in _API:

@@ -130,9 +130,12 @@ def execute(cfg: Config, run_dir: Path, progress: Progress | None = None,
 
         writer = ScalarWriter(run_dir)
         callbacks.append(writer.round)
+    def each(row: dict[str, Any]) -> None:
+        for cb in callbacks:
+            cb(row)
+
     try:
-        summary = simulate(cfg, run_dir, (lambda row: [cb(row) for cb in callbacks]) if callbacks else None,
-                           say=say)
+        summary = simulate(cfg, run_dir, each if callbacks else None, say=say)
         if writer is not None:
             writer.backfill(read_rows(run_dir))
     finally:

@@ -207,6 +207,7 @@ def restore_object_state(obj: Any, arrays: dict[str, np.ndarray], tree: dict[str
 def save_state(directory: Path, stem: str, obj: Any, skip: tuple[Any, ...] = (), plain_only: bool = False,
                exclude: frozenset[str] = frozenset()) -> None:
     arrays, tree = object_state(obj, skip, plain_only, exclude)
+    # mypy matches **arrays against savez's allow_pickle: bool too; the keys are array names
     np.savez(directory / f"{stem}.npz", **arrays)  # type: ignore[arg-type]
     (directory / f"{stem}.json").write_text(json.dumps(tree), encoding="utf-8")
 
@@ -224,7 +225,7 @@ def load_state(directory: Path, stem: str, obj: Any) -> None:
 def save_arrays(path: Path, arrays: ArrayRecord) -> None:
     """An ArrayRecord (a model) as ``.npz``, keys = parameter names, written then renamed."""
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **{k: a.numpy() for k, a in arrays.items()})  # type: ignore[arg-type]
+    np.savez(tmp, **{k: a.numpy() for k, a in arrays.items()})  # type: ignore[arg-type]  # as in save_state
     os.replace(tmp, path)
 
 

@@ -34,7 +34,8 @@ from fedsim.preflight import check_resources
 from fedsim.registry import PluginError
 from fedsim.runstatus import run_status, unfinished_note
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="fedsim: federated learning on Flower, simulated and deployed.")
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="fedsim: federated learning on Flower, simulated and deployed.")
 app.add_typer(deploy_app, name="deploy")
 console = Console(stderr=False)
 if not console.is_terminal:  # logs and CI: room for the summary table
@@ -111,8 +112,9 @@ def print_dense_equivalent(cfg: Any, run_dir: Path) -> None:
     s = summarize(rows, cfg.target_accuracy)
     dense = dense_uplink_bytes(run_dir)
     if cfg.codec.name != "identity" and dense and s["total_bytes_up"]:
-        console.print(f"codec {cfg.codec.name}: {s['total_bytes_up'] / MB:.2f} MB up; the same replies as dense float32 "
-                      f"updates: {dense / MB:.2f} MB ({dense / s['total_bytes_up']:.1f}x more)", highlight=False)
+        console.print(f"codec {cfg.codec.name}: {s['total_bytes_up'] / MB:.2f} MB up; the same replies as dense "
+                      f"float32 updates: {dense / MB:.2f} MB ({dense / s['total_bytes_up']:.1f}x more)",
+                      highlight=False)
     sim_time = rows[-1].get("sim_time")
     if sim_time is not None:
         reach = (f", {cfg.target_accuracy} accuracy at round {s['round_to_target']} ({s['sim_time_to_target']:.1f} s)"
@@ -189,7 +191,8 @@ def run(
                  f"({err.strerror or err})")
     console.print(f"[bold]fedsim[/] {cfg.name}: {cfg.data.num_clients} clients ({cfg.data.name}, "
                   f"{cfg.data.partition.kind}), {cfg.clients_per_round} per round, {cfg.rounds} rounds, "
-                  f"strategy {cfg.strategy.name}, codec {cfg.codec.name}{', network ' + mix_text(cfg) if cfg.network else ''} -> {run_dir}",
+                  f"strategy {cfg.strategy.name}, codec {cfg.codec.name}"
+                  f"{', network ' + mix_text(cfg) if cfg.network else ''} -> {run_dir}",
                   highlight=False)
     from fedsim.engine.failure import RunFailed
     from fedsim.engine.pool import PoolSetupError

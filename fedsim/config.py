@@ -230,6 +230,20 @@ def _fields_of(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
+def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    """The model a path of field names leads to, or None where it leaves the tree of models."""
+    for part in path:
+        fld = model.model_fields.get(part)
+        ann = fld.annotation if fld is not None else None
+        # a field `Sub | None` names its model among the union's arguments
+        sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
+                   None)
+        if sub is None:
+            return None
+        model = sub
+    return model
+
+
 def _format_error(err: ValidationError, model: type[BaseModel] = Config) -> str:
     """One line for the first error: the dotted key, what is wrong, what is allowed."""
     e = err.errors()[0]
@@ -237,15 +251,7 @@ def _format_error(err: ValidationError, model: type[BaseModel] = Config) -> str:
     key = ".".join(loc) or "(config)"
     if e["type"] == "extra_forbidden":
         # Walk the model tree to list the allowed keys at that level.
-        parent: Any = model
-        for part in loc[:-1]:
-            fld = parent.model_fields.get(part) if isinstance(parent, type) else None
-            ann = getattr(fld, "annotation", None) if fld else None
-            ann = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
-            if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-                parent = None
-                break
-            parent = ann
+        parent = _model_at(model, loc[:-1])
         allowed = ", ".join(_fields_of(parent)) if parent is not None else "?"
         return f"config key {key!r}: unknown key; allowed here: {allowed}"
     if e["type"] == "literal_error":
@@ -385,7 +391,8 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 def _is_strategy(obj: Any) -> bool:
     from flwr.serverapp.strategy import Strategy
 
-    return isinstance(obj, Strategy) or all(callable(getattr(obj, m, None)) for m in ("configure_train", "aggregate_train"))
+    methods = ("configure_train", "aggregate_train")
+    return isinstance(obj, Strategy) or all(callable(getattr(obj, m, None)) for m in methods)
 
 
 def _is_codec(obj: Any) -> bool:

@@ -84,7 +84,7 @@ class Registry(Generic[T]):
             return self._items[ref]
         eps = self._entry_points()
         if ref in eps:
-            return eps[ref].load()  # type: ignore[no-any-return]
+            return eps[ref].load()
         if ":" in ref:
             module_name, _, attr = ref.partition(":")
             try:
@@ -93,14 +93,14 @@ class Registry(Generic[T]):
                 raise PluginError(
                     f"{self.kind} {ref!r}: cannot import module {module_name!r} ({err})"
                 ) from err
-            obj = module
+            obj: Any = module  # the attribute named: any object, until the caller checks its kind
             for part in attr.split("."):
                 if not hasattr(obj, part):
                     raise PluginError(
                         f"{self.kind} {ref!r}: module {module_name!r} has no attribute {attr!r}"
                     )
                 obj = getattr(obj, part)
-            return obj  # type: ignore[return-value]
+            return obj
         raise PluginError(
             f"unknown {self.kind} {ref!r}; known: {', '.join(self.names())}"
             " (or 'module:attr', or an entry point in group " + repr(self.group) + ")"

@@ -91,7 +91,9 @@ def _text(v: Any) -> str:
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
     """Split on ``sep`` outside brackets and quotes: ``a,{x: 1, y: 2},[1, 2]`` -> 3 parts."""
-    parts, depth, quote, cur = [], 0, "", []
+    parts: list[str] = []
+    cur: list[str] = []  # characters of the part being read
+    depth, quote = 0, ""
     for ch in text:
         if quote:
             quote = "" if ch == quote else quote
@@ -126,25 +128,29 @@ def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
     return grid
 
 
-def parse_seeds(text: str | int | Sequence[int] | None) -> list[int]:
-    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]; ``5`` -> [5]; a list as is."""
+def parse_seeds(text: object) -> list[int]:
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]; ``5`` -> [5]; a list as is.
+
+    ``text`` comes from the command line or a sweep YAML (any value): anything else is a
+    :class:`ConfigError`."""
     if text is None:
         return []
     if isinstance(text, int) and not isinstance(text, bool):
         return [text]
-    if not isinstance(text, str):
-        out = list(text)
-    else:
-        out = []
+    out: list[object] = []
+    if isinstance(text, str):
         try:
             for part in split_top_level(text):
                 lo, dash, hi = part.partition("-")
                 out += list(range(int(lo), int(hi) + 1)) if dash else [int(part)]
         except ValueError:
             raise ConfigError(f"--seeds {text!r}: expected a range 0-4, a list 0,3,7 or one seed") from None
-    if not out or any(not isinstance(s, int) or isinstance(s, bool) for s in out) or len(set(out)) != len(out):
+    elif isinstance(text, Sequence):
+        out = list(text)
+    seeds = [s for s in out if isinstance(s, int) and not isinstance(s, bool)]
+    if not seeds or len(seeds) != len(out) or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds {text!r}: need distinct integers")
-    return out
+    return seeds
 
 
 def load_spec(path: str | Path, grid: Iterable[str] = (), seeds: str | None = None,
@@ -295,7 +301,8 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, jobs: int | None = None,
                     report(f"[{done_count}/{len(todo)}] {p.combo.name}: final acc {s['final_accuracy']:.4f}")
                 except Exception as err:  # one failed run does not stop the others
                     p.status, p.error = "failed", f"{type(err).__name__}: {err}"
-                    report(f"[{done_count}/{len(todo)}] {p.combo.name}: FAILED ({p.error}; see {p.run_dir / 'log.txt'})")
+                    report(f"[{done_count}/{len(todo)}] {p.combo.name}: FAILED "
+                           f"({p.error}; see {p.run_dir / 'log.txt'})")
     return planned
 
 
@@ -339,7 +346,8 @@ def band_groups(planned: Sequence[Planned]) -> list[tuple[str, list[list[dict[st
     return list(groups.items())
 
 
-def write_results(planned: Sequence[Planned], spec: SweepSpec, out_dir: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
+def write_results(planned: Sequence[Planned], spec: SweepSpec,
+                  out_dir: str | Path) -> tuple[list[dict[str, Any]], list[Path]]:
     """``summary.csv`` and the band plots in ``out_dir``; returns the table rows and the plot paths."""
     from fedsim.plots import common_title, plot_bands
 
@@ -360,6 +368,7 @@ def format_cell(row: Mapping[str, Any], key: str) -> str:
     m, s, n = row[f"{key}_mean"], row[f"{key}_sd"], row[f"{key}_n"]
     if m is None:
         return "-"
-    scale, digits = (1e6, 3) if key == "total_bytes_up" else (1.0, {"round_to_target": 1, "sim_time_to_target": 2}.get(key, 4))
+    digits_of = {"total_bytes_up": 3, "round_to_target": 1, "sim_time_to_target": 2}
+    scale, digits = (1e6 if key == "total_bytes_up" else 1.0), digits_of.get(key, 4)
     text = f"{m / scale:.{digits}f}" + ("" if s is None else f" ± {s / scale:.{digits}f}")
     return text + (f" ({n}/{row['runs']})" if n < row["runs"] else "")

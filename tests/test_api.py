@@ -92,6 +92,7 @@ def test_fedsim_run_without_argument_runs_the_default_and_prints_the_dense_cost(
     uploaded = [c for c in clients if c["bytes_up"] > 0]
     assert dense_uplink_bytes(run_dir) == len(uploaded) * dense_model
     up = json.loads((run_dir / "summary.json").read_text())["total_bytes_up"]
-    assert f"{up / 1e6:.2f} MB up; the same replies as dense float32 updates: {len(uploaded) * dense_model / 1e6:.2f} MB" \
+    dense_mb = len(uploaded) * dense_model / 1e6
+    assert f"{up / 1e6:.2f} MB up; the same replies as dense float32 updates: {dense_mb:.2f} MB" \
         in res.output.replace("\n", " ")
     assert "simulated time on the devices' network" in res.output

@@ -173,8 +173,8 @@ def test_run_status_and_compare_warns_about_unfinished_runs(tmp_path):
         write_status(tmp_path, "done", 1, 1)
     run = tmp_path / "killed"
     run.mkdir()
-    (run / "metrics.jsonl").write_text(json.dumps({"round": 0, "test_accuracy": 0.1, "test_loss": 1.0, "cum_bytes_up": 0,
-                                                  "cum_bytes_down": 0, "wall_time": 0.0}) + "\n")
+    row = {"round": 0, "test_accuracy": 0.1, "test_loss": 1.0, "cum_bytes_up": 0, "cum_bytes_down": 0, "wall_time": 0.0}
+    (run / "metrics.jsonl").write_text(json.dumps(row) + "\n")
     write_status(run, "running", 0, 20)
     res = CliRunner().invoke(app, ["compare", str(run), "--out", str(tmp_path / "plots")])
     assert res.exit_code == 0 and "run killed: unfinished (stopped after round 0 of 20" in res.output

@@ -121,7 +121,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("IDX corrupt gzip", [q, *SMALL, "--set", "data.name=mnist", "--set",
                               f"data.path={idx_dir(tmp, 'corrupt', gzip.compress(plain_idx)[:-12])}"], "gzip"),
         ("IDX truncated", [q, *SMALL, "--set", "data.name=mnist", "--set",
-                           f"data.path={idx_dir(tmp, 'short', gzip.compress(plain_idx[:-5]))}"], "expected 16 data bytes"),
+                           f"data.path={idx_dir(tmp, 'short', gzip.compress(plain_idx[:-5]))}"],
+         "expected 16 data bytes"),
         ("trace file not UTF-8", [q, *SMALL, "--set", "network={traces: " + str(write(
             tmp / "t.csv", b"client,uplink_mbps\n0,\xff\n")) + "}"], "config key 'network'"),
         ("trace file missing", [q, *SMALL, "--set", f"network={{traces: {tmp / 'none.csv'}}}"], "does not exist"),

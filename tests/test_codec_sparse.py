@@ -73,7 +73,8 @@ def test_delta_varint_payload_is_smaller_and_decodes_the_same() -> None:
     pv = TopK(0.001, index_coding="delta-varint").encode(x, {}, ctx)[0]
     info = TensorInfo("w", x.shape)
     assert payload_nbytes(pv) < payload_nbytes(p32) == 100 * 8
-    np.testing.assert_array_equal(TopK(0.001).decode(p32, info, ctx), TopK(0.001, index_coding="delta-varint").decode(pv, info, ctx))
+    np.testing.assert_array_equal(TopK(0.001).decode(p32, info, ctx),
+                                  TopK(0.001, index_coding="delta-varint").decode(pv, info, ctx))
 
 
 # ----------------------------------------------------------------- validation
@@ -180,7 +181,8 @@ def test_topk_round_trip_property(shape: tuple[int, ...], density: float, values
 
 
 @settings(max_examples=30, deadline=None)
-@given(shape=shapes, density=st.floats(0.05, 0.5), values=st.sampled_from(["float32", "float16"]), seed=st.integers(0, 999))
+@given(shape=shapes, density=st.floats(0.05, 0.5), values=st.sampled_from(["float32", "float16"]),
+       seed=st.integers(0, 999))
 def test_error_feedback_conservation(shape: tuple[int, ...], density: float, values: str, seed: int) -> None:
     """sum_t x_t = sum_t decode(p_t) + e_T: nothing is lost."""
     codec = topk(density=density, values=values)
@@ -235,7 +237,8 @@ def test_randk_unbiased_by_seeded_monte_carlo() -> None:
     assert np.all(np.abs(mean - x) <= 5 * sigma + 1e-6)
     # unscaled is biased toward 0 by k/d
     c0 = randk(density=0.2, scale=False)
-    m0 = np.mean([c0.decode(c0.encode(x, {}, CodecContext(11, r, 0, 0))[0], info, CodecContext(11, r, 0, 0)) for r in range(2000)], axis=0)
+    m0 = np.mean([c0.decode(c0.encode(x, {}, CodecContext(11, r, 0, 0))[0], info, CodecContext(11, r, 0, 0))
+                  for r in range(2000)], axis=0)
     np.testing.assert_allclose(m0, 0.2 * x, atol=float(np.abs(x).max()) * 0.05)
 
 

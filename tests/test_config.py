@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from fedsim.config import ClientSpec, ConfigError, apply_overrides, check_plugins, load_config
 
@@ -6,7 +7,7 @@ from fedsim.config import ClientSpec, ConfigError, apply_overrides, check_plugin
 def test_defaults_validate_and_are_frozen():
     cfg = load_config(None)
     assert cfg.strategy.name == "fedavg" and cfg.codec.name == "identity"
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.rounds = 3  # frozen
 
 

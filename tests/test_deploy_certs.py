@@ -8,6 +8,7 @@ import stat
 
 import pytest
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -67,7 +68,7 @@ def test_server_cert_extra_names(ca):
 def test_server_cert_not_valid_for_other_ca(ca):
     other = make_ca()
     cert = x509.load_pem_x509_certificate(make_server_cert(ca).cert_pem)
-    with pytest.raises(Exception):
+    with pytest.raises(InvalidSignature):
         _verify_signed_by(cert, x509.load_pem_x509_certificate(other.cert_pem))
 
 

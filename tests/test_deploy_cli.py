@@ -45,7 +45,8 @@ def test_run_config_quotes_overrides_for_the_server_app(tmp_path):
 
 def test_registration_outcome():
     assert S.registration_outcome({"success": True, "node-id": 1}) == "registered"
-    assert S.registration_outcome({"success": False, "error-message": "[code: 23] Public key already in use."}) == "known"
+    in_use = {"success": False, "error-message": "[code: 23] Public key already in use."}
+    assert S.registration_outcome(in_use) == "known"
     with pytest.raises(DeployError, match="registration failed: nope"):
         S.registration_outcome({"success": False, "error-message": "nope"})
 

@@ -31,7 +31,7 @@ def bench():
 
 
 def test_hand_computed_one_outlier_of_four():
-    # L = (1, 1, 1, 100): L_QM/L_AM = sqrt(4 (3 + 100^2)) / 103 = sqrt(40012)/103 = 1.942 (ALGORITHMS.md).
+    # L = (1, 1, 1, 100): L_QM/L_AM = sqrt(4 (3 + 100^2)) / 103 = sqrt(40012)/103 = 1.942.
     target = math.sqrt(40012) / 103
     assert target == pytest.approx(1.94204, abs=1e-5)
     s = scale_for_ratio([1.0, 1.0, 1.0, 1.0], [3], target, fixed_part=0.0)
@@ -47,7 +47,7 @@ def test_fixed_part_does_not_scale():
 
 
 def test_thirty_clients_one_at_200x():
-    # ALGORITHMS.md: n = 30, one L_i 200x the others: sqrt(30 (29 + 200^2)) / 229 = 4.785.
+    # n = 30, one L_i 200x the others: sqrt(30 (29 + 200^2)) / 229 = 4.785.
     target = math.sqrt(30 * (29 + 200**2)) / 229
     assert target == pytest.approx(4.785, abs=1e-3)
     assert scale_for_ratio([1.0] * 30, [0], target, 0.0) == pytest.approx(math.sqrt(200), rel=1e-12)

@@ -1,6 +1,6 @@
 """EF21 / EF21-W maths (strategies/ef21w.py) and the reference loop (fedsim/ef21/reference.py).
 
-Invariants from ALGORITHMS.md section 3: identity C => gradient descent; g equals the
+Invariants of EF21 (NeurIPS 2021) and EF21-W (ICLR 2024): identity C => gradient descent; g equals the
 weighted sum of the g_i after every round; equal L_i => EF21-W == EF21; Top-k (positively
 homogeneous) => EF21-W's iterates equal EF21's at the same step; L_AM <= L_QM.
 """
@@ -66,7 +66,7 @@ def test_theta_beta_hand_computed():
 
 
 def test_stepsizes_for_n4_one_outlier():
-    # ALGORITHMS.md's example: n = 4, L = (1, 1, 1, 100); Top-1 of d = 4 (alpha = 1/4).
+    # n = 4, L = (1, 1, 1, 100); Top-1 of d = 4 (alpha = 1/4).
     L = [1.0, 1.0, 1.0, 100.0]
     assert l_am(L) == 25.75  # 103 / 4
     assert l_qm(L) == pytest.approx(math.sqrt(10003 / 4), rel=1e-15)  # sqrt(2500.75) = 50.0075

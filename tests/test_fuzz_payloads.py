@@ -1,8 +1,8 @@
 """Fuzz: random and adversarial payloads for every registered codec.
 
 Each case starts from an honest payload (a random update encoded by the codec) and
-applies a few random mutations (or replaces it by a random dict): key respellings (non-ASCII and fullwidth digits, leading
-zeros, signs, case, whitespace), missing and extra keys, dtypes and byte orders, shapes,
+applies a few random mutations (or replaces it by a random dict): key respellings (non-ASCII and fullwidth
+digits, leading zeros, signs, case, whitespace), missing and extra keys, dtypes and byte orders, shapes,
 NaN/inf, huge and tiny finite values, extreme scales, random and out-of-range packed
 bytes, non-array values. The property: the server either rejects the payload with a
 :class:`PayloadError` that gives a reason, or accepts it and decodes it to *finite*
@@ -96,7 +96,8 @@ def mutate(payload: dict, data: st.DataObject) -> dict:
             dt = np.dtype(data.draw(st.sampled_from(DTYPES)))
             size = data.draw(st.integers(0, 40))
             raw = data.draw(st.binary(min_size=size * dt.itemsize, max_size=size * dt.itemsize))
-            rand[f"{index}.{data.draw(st.sampled_from(FIELDS + FIELD_SPELLINGS))}"] = np.frombuffer(raw, dtype=dt).copy()
+            field = data.draw(st.sampled_from(FIELDS + FIELD_SPELLINGS))
+            rand[f"{index}.{field}"] = np.frombuffer(raw, dtype=dt).copy()
         return rand
     key = data.draw(st.sampled_from(keys), label="key") if keys else None
     if key is None:

@@ -127,7 +127,7 @@ def test_non_finite_updates_encode_to_symbols_in_range(split: str) -> None:
     g[5], g[2000] = np.nan, np.inf
     ctx = CodecContext(0, 1, 2, 0)
     for codec in (Dqsg(), Ndqsg()):
-        ref, fast = both(lambda: codec.encode(g, {}, ctx)[0])
+        ref, fast = both(lambda codec=codec: codec.encode(g, {}, ctx)[0])
         assert not np.isfinite(fast["scale"][[0, 3]]).any()  # the buckets with nan/inf: the server rejects
         assert np.array_equal(ref["sym"], fast["sym"])
 
@@ -138,9 +138,9 @@ def test_packer_kernels_match_numpy(base: int, split: str) -> None:
     k, _ = best_block(base)
     for n in (1, k - 1, k, 40 * k + 3, 100_003):
         sym = rng.integers(0, base, n).astype(np.uint8)
-        ref, fast = both(lambda: pack(sym, base))
+        ref, fast = both(lambda sym=sym: pack(sym, base))
         assert_same(ref, fast)
-        back_ref, back = both(lambda: unpack(fast, n, base))
+        back_ref, back = both(lambda fast=fast, n=n: unpack(fast, n, base))
         assert_same(back_ref, back)
         assert np.array_equal(back, sym)
 
@@ -188,7 +188,7 @@ def test_nan_steps_are_the_same_bytes_on_both_paths(split: str) -> None:
     g[1500] = -np.float32(np.nan)
     ctx = CodecContext(0, 1, 2, 0)
     for codec in (Dqsg(), Dqsg(bucket=7, scale_dtype="float16"), Ndqsg(), Ndqsg(alpha=0.5, scale_dtype="float16")):
-        ref, fast = both(lambda: codec.encode(g, {}, ctx)[0])
+        ref, fast = both(lambda codec=codec: codec.encode(g, {}, ctx)[0])
         assert np.isnan(fast["scale"]).any()
         assert ref["scale"].tobytes() == fast["scale"].tobytes() and ref["sym"].tobytes() == fast["sym"].tobytes()
 
@@ -279,10 +279,10 @@ def test_unusable_numba_falls_back_to_numpy(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_a_huge_bucket_is_one_bucket_per_tensor_on_both_paths() -> None:
     g = _update(5000, 7)
-    info, ctx = TensorInfo("w", (5000,)), CodecContext(5, 2, 7, 1)
+    ctx = CodecContext(5, 2, 7, 1)
     for bucket in (2**61, 2**63, 2**70):
         codec = Dqsg(bucket=bucket)
-        ref, fast = both(lambda: codec.encode(g, {}, ctx)[0])
+        ref, fast = both(lambda codec=codec: codec.encode(g, {}, ctx)[0])
         assert_same(ref, fast)
         assert_same(fast, Dqsg(bucket=5000).encode(g, {}, ctx)[0])
 

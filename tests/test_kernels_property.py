@@ -71,7 +71,8 @@ def codecs(draw: st.DrawFn) -> Any:
     m2 = draw(st.sampled_from([1, 1, 2, 3, 1000]))
     rho = draw(st.integers(2, 16) | st.just(256))
     return Ndqsg(m1=rho * m2 + draw(st.integers(0, m2 - 1)), m2=m2, bucket=bucket, scale_dtype=scale_dtype,
-                 alpha=draw(st.sampled_from([1.0, 0.5, 0.7, 0.013])), estimator=draw(st.sampled_from(["mmse", "unbiased"])))
+                 alpha=draw(st.sampled_from([1.0, 0.5, 0.7, 0.013])),
+                 estimator=draw(st.sampled_from(["mmse", "unbiased"])))
 
 
 def _outcome(codec: Any, g: np.ndarray, y: np.ndarray) -> Any:

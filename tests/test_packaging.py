@@ -1,13 +1,8 @@
 """The package list in pyproject.toml must name every package directory (a non-editable
 install silently leaves out any it misses)."""
 
-import sys
+import tomllib
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """NNA and the server's all-clients mixing step (fedsim.robust.nna).
 
-Hand values on 1-D toy vectors, the invariants of ALGORITHMS.md section 2 as hypothesis
-properties, and validation errors.
+Hand values on 1-D toy vectors, the invariants of NNA (MoNNA, Farhadkhani et al., ICML 2023)
+as hypothesis properties, and validation errors.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def test_float32_stays_float32() -> None:
     assert out.dtype == np.float32
 
 
-# --- invariants (ALGORITHMS.md section 2) ---------------------------------------------
+# --- invariants (MoNNA, ICML 2023) -----------------------------------------------------
 
 sizes = st.tuples(st.integers(1, 9), st.integers(0, 4), st.integers(1, 6)).filter(
     lambda t: 2 * t[1] < t[0]

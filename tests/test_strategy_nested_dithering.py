@@ -122,7 +122,8 @@ def test_inexact_repair_rejects_by_threshold_and_default_keeps_every_client():
     assert not np.array_equal(kept.accepted[4][0], truth)  # some repairs land on the wrong member
 
 
-@pytest.mark.parametrize("alpha, estimator, warns", [(0.5, "mmse", True), (0.5, "unbiased", False), (1.0, "mmse", False)])
+@pytest.mark.parametrize("alpha, estimator, warns",
+                         [(0.5, "mmse", True), (0.5, "unbiased", False), (1.0, "mmse", False)])
 def test_mmse_with_alpha_below_one_warns_of_the_pull_towards_the_references(caplog, alpha, estimator, warns):
     cfg = small_config("strategy.name=ndqsg-nested", "codec.name=ndqsg",
                        f"codec.params={{m1: 3, m2: 1, alpha: {alpha}, estimator: {estimator}}}")

@@ -45,7 +45,7 @@ def test_parse_seeds():
     assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
     assert parse_seeds("0,3,7") == [0, 3, 7]
     assert parse_seeds("5") == [5] and parse_seeds(2) == [2] and parse_seeds([1, 2]) == [1, 2]
-    for bad in ("a-b", "1,1", "x"):
+    for bad in ("a-b", "1,1", "x", True, 3.5, [True], [1, "2"], {"a": 1}, []):  # a sweep YAML may hold any value
         with pytest.raises(ConfigError):
             parse_seeds(bad)
 
@@ -59,7 +59,8 @@ def test_combinations_in_grid_order_with_every_seed():
     assert combos[-1].label == "codec=dgc, strategy=fedmedian"
     assert len({c.name for c in combos}) == 8
     odd = Combo((("codec.params", {"density": 0.1}),), 0)
-    assert "/" not in odd.name and " " not in odd.name and odd.name != Combo((("codec.params", {"density": 0.2}),), 0).name
+    other = Combo((("codec.params", {"density": 0.2}),), 0)
+    assert "/" not in odd.name and " " not in odd.name and odd.name != other.name
 
 
 def test_a_plugin_renamed_by_the_grid_loses_the_base_params(tmp_path):

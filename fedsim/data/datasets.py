@@ -115,6 +115,7 @@ def natural_dataset(params_model: type[BaseModel]) -> Callable[[Callable[..., Na
     """
 
     def deco(fn: Callable[..., NaturalDataset]) -> Callable[..., NaturalDataset]:
+        # markers on the loader function, read back with getattr (is_natural, check_data)
         fn.natural = True  # type: ignore[attr-defined]
         fn.params_model = params_model  # type: ignore[attr-defined]
         return fn
@@ -293,8 +294,8 @@ def _load(name: str, path: str | None, test_fraction: float, seed: int, num_clie
     loader = DATASETS.get(name)
     params = json.loads(params_json)
     if num_clients is not None:  # natural: the loader splits by client itself
-        return loader(path=path, seed=seed, num_clients=num_clients, **params)  # type: ignore[no-any-return]
-    return loader(path=path, test_fraction=test_fraction, seed=seed, **params)  # type: ignore[no-any-return]
+        return loader(path=path, seed=seed, num_clients=num_clients, **params)
+    return loader(path=path, test_fraction=test_fraction, seed=seed, **params)
 
 
 def _dataset(data_cfg: Any, seed: int) -> Dataset | NaturalDataset:

@@ -14,11 +14,18 @@ from __future__ import annotations
 import gzip
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import numpy as np
 
 from . import MAX_DATA_BYTES, DataError
+
+
+class _Reader(Protocol):
+    """What IDX bytes are read from: a file or a ``gzip.GzipFile`` over one."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
 
 _TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -56,7 +63,7 @@ def parse_idx(raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _read_stream(f: BinaryIO, limit: int, limit_what: str) -> bytes:
+def _read_stream(f: _Reader, limit: int, limit_what: str) -> bytes:
     """Header, then exactly the declared data (one byte more to detect trailing data)."""
     head = f.read(4)
     if len(head) == 4 and head[:2] == b"\0\0":

@@ -166,6 +166,7 @@ def write_npz(path: str | Path, x_train: np.ndarray, y_train: np.ndarray,
         raise ValueError("object arrays cannot be read back without pickle")
     p = Path(path)
     with p.open("wb") as f:
+        # mypy matches **arrays against savez's allow_pickle: bool too; the keys are the four array names
         np.savez(f, **arrays)  # type: ignore[arg-type]
     return p
 

@@ -45,7 +45,7 @@ def _parse_value(text: str) -> C.ConfigValue:
         return low == "true"
     for cast in (int, float):
         try:
-            return cast(text)  # type: ignore[no-any-return]
+            return cast(text)
         except ValueError:
             pass
     return text
@@ -56,7 +56,8 @@ def certs(
     directory: Path = typer.Argument(..., help="where to write ca.pem, server.pem/.key and nodes/"),
     ip: list[str] | None = typer.Option(None, "--ip", help="an IP address of the server (repeatable)"),
     dns: list[str] | None = typer.Option(None, "--dns", help="a host name of the server (repeatable)"),
-    nodes: list[str] | None = typer.Option(None, "--nodes", help="node names, each gets a key pair: n0,n1,n2 (repeatable)"),
+    nodes: list[str] | None = typer.Option(None, "--nodes",
+                                           help="node names, each gets a key pair: n0,n1,n2 (repeatable)"),
     force: bool = typer.Option(False, help="overwrite existing key material"),
 ) -> None:
     """Make a lab CA, the SuperLink's certificate and SuperNode key pairs.

@@ -114,7 +114,8 @@ def wait_for_text(proc: Proc, text: str, timeout: float, poll: float = 0.2) -> N
             raise DeployError(f"{proc.name} exited with code {proc.popen.returncode} before "
                               f"{text!r}; last lines of {proc.log}:\n{proc.tail()}")
         if time.monotonic() > deadline:
-            raise DeployError(f"{proc.name}: no {text!r} within {timeout:.0f} s; last lines of {proc.log}:\n{proc.tail()}")
+            raise DeployError(f"{proc.name}: no {text!r} within {timeout:.0f} s; "
+                              f"last lines of {proc.log}:\n{proc.tail()}")
         time.sleep(poll)
 
 
@@ -182,7 +183,8 @@ def lock_directory(directory: Path) -> Any:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise DeployError(f"another `fedsim deploy server` is using {directory}; give --workdir another directory") from None
+        raise DeployError(f"another `fedsim deploy server` is using {directory}; "
+                          "give --workdir another directory") from None
     f.write(str(os.getpid()))
     f.flush()
     return f

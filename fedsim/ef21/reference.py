@@ -140,15 +140,15 @@ def run_ef21(
             break
         x = server_step(x, g, gamma)  # x^t = x^{t-1} - gamma g^{t-1}
         record_bits.append(bits)
-        active = range(n) if p is None else np.flatnonzero(rng.random(n) < p)
+        active: list[int] = list(range(n)) if p is None else np.flatnonzero(rng.random(n) < p).tolist()
         grads = [oracles[i](x, rng) for i in active] if p is not None else [o(x, rng) for o in oracles]
         messages = {}
         for i, gr in zip(active, grads):
             c, g_i[i] = client_step(gr, g_i[i], s[i], C.compress)
-            messages[int(i)] = c
+            messages[i] = c
         bits += len(messages) * C.bits(d) / n
         g = server_aggregate(g, w, messages)  # g^t = g^{t-1} + sum_{i active} w_i c_i
-        g_err = max(g_err, float(np.linalg.norm(g - weighted_sum(w, g_i)) / max(1.0, np.linalg.norm(g))))
+        g_err = max(g_err, float(np.linalg.norm(g - weighted_sum(w, g_i)) / max(1.0, float(np.linalg.norm(g)))))
         record_g.append(grad_norm_sq(x, grads))
         if callback is not None:
             callback(t, x, g, g_i)

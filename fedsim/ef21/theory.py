@@ -198,10 +198,16 @@ def plan(
         if Ls is None:
             raise ValueError(f"weights={weights!r} with step={step!r} needs the L_i")
     if weights == "equal":
-        n = Ls.size if Ls is not None else positive_vector(m_i, "data sizes").size  # type: ignore[arg-type]
+        if Ls is not None:
+            n = Ls.size
+        elif m_i is not None:  # an explicit step without the L_i: the m_i count the clients
+            n = positive_vector(m_i, "data sizes").size
+        else:
+            raise ValueError("weights='equal' with an explicit step needs the L_i or the m_i (to count the clients)")
         w = np.full(n, 1.0 / n)
     elif weights == "smoothness":
-        w = smoothness_weights(Ls)  # type: ignore[arg-type]
+        assert Ls is not None  # checked above
+        w = smoothness_weights(Ls)
     else:
         if m_i is None:
             raise ValueError("weights='data-size' needs every client's number of examples m_i")
@@ -212,6 +218,7 @@ def plan(
         if not (step > 0 and math.isfinite(step)):
             raise ValueError(f"step must be finite and > 0; got {step!r}")
         return Plan(w, float(step), qm, am, None)
-    L_tilde = {"auto": l_weighted(Ls, w) if Ls is not None else 0.0, "qm": qm, "am": am}[theory]  # type: ignore[arg-type]
-    gamma = multiplier * stepsize(am if L is None else L, L_tilde, alpha)  # type: ignore[arg-type]
+    assert Ls is not None and qm is not None and am is not None  # checked above: no step, so the L_i are given
+    L_tilde = {"auto": l_weighted(Ls, w), "qm": qm, "am": am}[theory]
+    gamma = multiplier * stepsize(am if L is None else L, L_tilde, alpha)
     return Plan(w, gamma, qm, am, L_tilde)

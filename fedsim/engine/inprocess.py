@@ -14,14 +14,18 @@ import itertools
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.app.message import make_message
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.state import context_arrays, read_state, write_state
 from fedsim.wire import to_record
+
+if TYPE_CHECKING:
+    from flwr.supercore.run import Run
 
 _ERROR_CODE = 0
 
@@ -31,7 +35,7 @@ def _roundtrip(msg: Message) -> Message:
     if msg.has_error():
         return msg
     content = RecordDict.inflate(msg.content.deflate(), children=_children(msg.content))
-    return Message(content=content, metadata=msg.metadata)
+    return make_message(msg.metadata, content)
 
 
 def _children(obj: Any) -> dict[str, Any] | None:
@@ -47,7 +51,7 @@ def _children(obj: Any) -> dict[str, Any] | None:
 class LocalGrid(Grid):
     """What fedsim's simulated grids share: no run to set, messages made directly."""
 
-    def set_run(self, run_id: int) -> None:  # pragma: no cover - nothing to do
+    def set_run(self, run: Run) -> None:  # pragma: no cover - nothing to do
         pass
 
     @property

@@ -46,9 +46,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
+from flwr.app.message import make_message
 
 from fedsim.config import Config
 
@@ -63,6 +64,16 @@ CONNECT_TIMEOUT_S = 5.0
 # balancing rule's estimate of a client's time is examples * epochs + this.
 FIXED_COST = 32.0
 RESTART_WAIT_S = 120.0
+
+if TYPE_CHECKING:
+    # ray.method with no options returns the method itself; to a type checker it gives the
+    # method a typed ``.remote``. Ray is imported only where it runs, not with this module.
+    from ray import method as remote_method
+else:
+    _F = TypeVar("_F")
+
+    def remote_method(method: _F) -> _F:
+        return method
 
 
 def node_id(client: int) -> int:
@@ -121,13 +132,16 @@ class PoolWorker:
             load_dataset(data, warm[1])
             client_sizes(data, warm[1])
 
+    @remote_method
     def ready(self) -> tuple[int, str]:
         """(pid, Ray node id): the worker is up."""
         import ray
 
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
-    def run(self, batch: list[tuple[int, bytes, list[tuple[str, int]]]], *blobs: bytes) -> list[tuple[bytes, bool, float]]:
+    @remote_method
+    def run(self, batch: list[tuple[int, bytes, list[tuple[str, int]]]],
+            *blobs: bytes) -> list[tuple[bytes, bool, float]]:
         """Run each (client, message bytes, [(record key, blob index)]) in turn.
 
         ``blobs`` are the round's serialised ``ArrayRecord``s (Ray resolves them from
@@ -164,14 +178,17 @@ class PoolWorker:
 
         return RecordDict({key: to_record(arrays) for key, arrays in self.store.get(client).items()})
 
+    @remote_method
     def state_stats(self) -> dict[str, int]:
         s = self.store
         return {"clients": len(s), "bytes_in_memory": s.bytes_in_memory, "spills": s.spills, "restores": s.restores}
 
+    @remote_method
     def save_states(self, directory: str) -> list[int]:
         """Write every client's state as ``<directory>/client-<id>.npz``; return the clients."""
         return self.store.export(directory)
 
+    @remote_method
     def load_states(self, directory: str, clients: list[int]) -> int:
         """Take the states of ``clients`` from ``<directory>/client-<id>.npz``."""
         from fedsim.state import read_state
@@ -294,7 +311,7 @@ class PoolGrid(LocalGrid):
         k = sim.workers or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
         self.workers_n = k
         state_cap = int(sim.state_memory_mb * 2**20 / k)
-        remote = ray.remote(PoolWorker).options(  # type: ignore[attr-defined]
+        remote = ray.remote(PoolWorker).options(
             num_cpus=cpus, num_gpus=sim.num_gpus_per_worker, max_restarts=-1, max_task_retries=0,
             scheduling_strategy="SPREAD")
         warm = (cfg.data.model_dump_json(), cfg.seed)
@@ -375,7 +392,7 @@ class PoolGrid(LocalGrid):
                     shared.append((key, blobs.setdefault(id(rec), len(blobs))))
                 else:
                     light[key] = rec
-            body = message_to_proto(Message(content=light, metadata=msg.metadata)).SerializeToString()
+            body = message_to_proto(make_message(msg.metadata, light)).SerializeToString()
             items.setdefault(w, []).append((client, body, shared))
             worker_msgs.setdefault(w, []).append(msg)
         for w, batch in items.items():
@@ -520,6 +537,8 @@ class PoolGrid(LocalGrid):
         import ray
 
         for w in self.workers:
-            ray.kill(w)
+            # Ray types a handle as ActorHandle | type[PoolWorker] so that its methods type-check;
+            # at run time it is the ActorHandle that kill takes
+            ray.kill(w)  # type: ignore[arg-type]
         self.workers = []
         shutil.rmtree(self.state_root, ignore_errors=True)

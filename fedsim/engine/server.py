@@ -66,8 +66,9 @@ def discover(grid: Grid, nodes: list[int], timeout: float, spec_json: str | None
         return RecordDict({CONFIG: ConfigRecord({SPEC_KEY: spec_json})}) if spec_json else RecordDict()
 
     def whole(value: object) -> int | None:
-        ok = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-        return int(value) if ok else None  # type: ignore[arg-type]
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+        return None
 
     msgs = [Message(content(), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     claims: dict[int, list[int]] = {}  # client id -> nodes claiming it
@@ -78,7 +79,7 @@ def discover(grid: Grid, nodes: list[int], timeout: float, spec_json: str | None
             continue
         rec = reply.content.metric_records.get(METRICS)
         cid = whole(rec.get(PARTITION_ID)) if rec is not None else None
-        if cid is None or cid < 0 or (num_clients is not None and cid >= num_clients):
+        if rec is None or cid is None or cid < 0 or (num_clients is not None and cid >= num_clients):
             log.warning("node %d: discovery reply refused (partition-id %r)", node,
                         None if rec is None else rec.get(PARTITION_ID))
             continue
@@ -102,7 +103,7 @@ def client_map(grid: Grid, cfg: Config, spec_json: str) -> tuple[dict[int, int],
     pool backend: no message before round 1), else by a discovery round."""
     known = getattr(grid, "client_map", None)
     if known is not None:
-        return known()  # type: ignore[no-any-return]
+        return known()
     n = cfg.data.num_clients
     nodes = wait_for_nodes(grid, n)
     sizes: dict[int, int] = {}
@@ -187,9 +188,10 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
             if new_arrays is not None:
                 arrays = new_arrays
             s = wrapper.stats
+            loss = train_metrics.get("train-loss") if train_metrics else None
             row: dict[str, Any] = {
                 "round": rnd,
-                "train_loss": float(train_metrics["train-loss"]) if train_metrics and "train-loss" in train_metrics else None,
+                "train_loss": float(loss) if isinstance(loss, int | float) else None,
                 "sampled": s.sampled, "replied": s.replied, "rejected": s.rejected, "failed": s.failed,
                 "model_refused": s.model_refused,
                 "no_reply": s.sampled - s.replied - s.rejected - s.failed,

@@ -98,9 +98,9 @@ def simulate(cfg: Config, run_dir: Path, progress: Progress | None = None,
             raise
 
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=cfg.data.num_clients,
-                   backend_config=backend_config(cfg))  # type: ignore[arg-type]
+                   backend_config=backend_config(cfg))
     if "error" in outcome:
         raise outcome["error"]
     if "summary" not in outcome:
         raise RuntimeError("the simulation ended without a result; see the log above")
-    return outcome["summary"]  # type: ignore[no-any-return]
+    return outcome["summary"]

@@ -125,8 +125,9 @@ class NetworkModel:
             prof = profiles[name]
             idx = np.flatnonzero(labels == p)
 
-            def draw(dist: Any, what: str) -> np.ndarray:
-                return dist.sample(client_rng(self.seed, 0, p, f"device:{name}:{what}"), idx.size)
+            # called in this iteration only; p, name and the count are bound all the same
+            def draw(dist: Any, what: str, p: int = p, name: str = name, size: int = idx.size) -> np.ndarray:
+                return dist.sample(client_rng(self.seed, 0, p, f"device:{name}:{what}"), size)
 
             draws["up"][idx] = draw(prof.uplink_mbps, "uplink") * _MBIT
             draws["down"][idx] = draw(prof.downlink_mbps, "downlink") * _MBIT

@@ -75,7 +75,7 @@ def power_iteration(
     """
     if A.ndim != 2 or A.size == 0:
         raise ValueError(f"need a non-empty 2-D matrix; got shape {A.shape}")
-    v = rng.standard_normal(A.shape[1])
+    v = rng.standard_normal(A.shape[1:])  # shape (d,)
     v /= np.linalg.norm(v)
     est = 0.0
     for _ in range(iters):

@@ -45,10 +45,12 @@ class NonConvexLogReg(nn.Module):
         ``x^0 = 0`` (the papers') or torch's default Linear initialisation.
     """
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, lam: float = LAMBDA, init: str = "zeros") -> None:
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, lam: float = LAMBDA,
+                 init: str = "zeros") -> None:
         super().__init__()
         if num_classes != 2:
-            raise ValueError(f"logreg-ncvx is binary: it needs a 2-class dataset (e.g. mnist5k-binary); got {num_classes} classes")
+            raise ValueError(f"logreg-ncvx is binary: it needs a 2-class dataset (e.g. mnist5k-binary); "
+                             f"got {num_classes} classes")
         if not (lam >= 0 and math.isfinite(lam)):
             raise ValueError(f"lam must be finite and >= 0; got {lam}")
         if init not in ("zeros", "torch"):
@@ -69,4 +71,5 @@ class NonConvexLogReg(nn.Module):
         ``tensors`` replaces the module's own parameters (for functional gradients).
         """
         ps = list(self.parameters()) if tensors is None else list(tensors)
-        return self.lam * sum(((p * p) / (1 + p * p)).sum() for p in ps)
+        # as_tensor: sum() is the tensor itself here, but the int 0 for no tensors at all
+        return self.lam * torch.as_tensor(sum(((p * p) / (1 + p * p)).sum() for p in ps))

@@ -64,7 +64,7 @@ def check_rule(rule: str) -> Rule:
     """Return ``rule`` if known, else raise ``ValueError`` listing the known rules."""
     if rule not in RULES:
         raise ValueError(f"unknown NNA rule {rule!r}; known: {', '.join(RULES)}")
-    return rule  # type: ignore[return-value]
+    return rule
 
 
 def received_count(n: int, f: int, rule: Rule) -> int:
