@@ -68,7 +68,7 @@ def main() -> None:
             continue
         label_path = f"numba x{kernels.threads()}" if path == "jit" else "numpy"
         for label, codec, side in codecs:
-            payload, _ = codec.encode(x, {}, ctx)  # compiles the kernels on the first call
+            payload, _ = codec.encode(x, codec.init(info), ctx)  # compiles the kernels on the first call
 
             def dec(codec=codec, payload=payload, side=side) -> object:
                 if args.validate:

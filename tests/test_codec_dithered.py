@@ -163,7 +163,8 @@ def test_payload_validation_rejects() -> None:
     with pytest.raises(PayloadError, match="shape"):
         validate_payload(codec, dict(good, scale=good["scale"][:-1]), info)
     with pytest.raises(PayloadError, match="non-finite"):
-        validate_payload(codec, dict(good, scale=np.where(np.arange(10) == 3, np.inf, good["scale"]).astype(np.float32)), info)
+        bad_scale = np.where(np.arange(10) == 3, np.inf, good["scale"]).astype(np.float32)
+        validate_payload(codec, dict(good, scale=bad_scale), info)
     with pytest.raises(PayloadError, match="must lie in"):
         validate_payload(codec, dict(good, scale=-good["scale"]), info)
     with pytest.raises(PayloadError, match="dtype"):
@@ -178,7 +179,8 @@ def test_nan_update_gives_a_payload_the_server_rejects() -> None:
         validate_payload(codec, payload, TensorInfo("w", x.shape))
 
 
-@pytest.mark.parametrize("kwargs, msg", [({"levels": 0}, "levels"), ({"bucket": 0}, "bucket"), ({"scale_dtype": "int8"}, "scale_dtype")])
+@pytest.mark.parametrize("kwargs, msg", [({"levels": 0}, "levels"), ({"bucket": 0}, "bucket"),
+                                         ({"scale_dtype": "int8"}, "scale_dtype")])
 def test_constructor_validates(kwargs: dict[str, object], msg: str) -> None:
     with pytest.raises(ValueError, match=msg):
         Dqsg(**kwargs)  # type: ignore[arg-type]

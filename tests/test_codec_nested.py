@@ -57,7 +57,8 @@ def test_large_rho_equals_dqsg_for_any_bounded_side_information() -> None:
         y = (np.random.default_rng(seed).uniform(-1, 1, g.size) * (126 * s_min - np.abs(g).max())).astype(np.float32)
         sym, scale = nested_quantize(g, 3, rho, 1.0, B, u)
         dsym, dscale = quantize(g, 3, B, u)
-        np.testing.assert_array_equal(nested_dequantize(sym, scale, u, y, rho, 1.0, B), dequantize(dsym, dscale, 3, B, u))
+        np.testing.assert_array_equal(nested_dequantize(sym, scale, u, y, rho, 1.0, B),
+                                      dequantize(dsym, dscale, 3, B, u))
 
 
 def test_far_side_information_fails_by_multiples_of_the_coarse_step() -> None:
@@ -130,7 +131,8 @@ def test_hand_computed_nested_values() -> None:
     np.testing.assert_array_equal(sym, [0, 1, 0, 0])
     y = np.array([0.5, -0.3, 0.2, -0.2], dtype=np.float32)  # within s(rho-1)/2 = 0.2
     np.testing.assert_array_equal(nested_fine_index(sym, scale, u, y, 3, 1.0, 4), [3, -2, 0, 0])
-    np.testing.assert_allclose(nested_dequantize(sym, scale, u, y, 3, 1.0, 4), 0.2 * np.array([2.8, -2.1, 0.3, 0.0]), rtol=1e-6)
+    np.testing.assert_allclose(nested_dequantize(sym, scale, u, y, 3, 1.0, 4), 0.2 * np.array([2.8, -2.1, 0.3, 0.0]),
+                               rtol=1e-6)
     assert detectable_failures(np.array([3.0, -3.0, 4.0, -6.0]), 3, 1.0) == 2
 
 
