@@ -28,7 +28,7 @@ from fedsim import checkpoint
 from fedsim.attacks.base import attacker_ids
 from fedsim.checkpoint import Part, save_arrays
 from fedsim.config import ClientSpec, Config
-from fedsim.keys import CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, SPEC_KEY
+from fedsim.keys import CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, SPEC_KEY, TRAIN_LOSS
 from fedsim.metrics import Recorder, summarize
 from fedsim.registry import CODECS, STRATEGIES
 from fedsim.runstatus import write_status
@@ -189,7 +189,8 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
             s = wrapper.stats
             row: dict[str, Any] = {
                 "round": rnd,
-                "train_loss": float(train_metrics["train-loss"]) if train_metrics and "train-loss" in train_metrics else None,
+                "train_loss": float(train_metrics[TRAIN_LOSS]) if train_metrics and TRAIN_LOSS in train_metrics
+                else None,
                 "sampled": s.sampled, "replied": s.replied, "rejected": s.rejected, "failed": s.failed,
                 "model_refused": s.model_refused,
                 "no_reply": s.sampled - s.replied - s.rejected - s.failed,
