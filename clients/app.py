@@ -20,8 +20,20 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.config import AttackConfig, ClientSpec
+from fedsim.keys import (
+    ATTACK_KEY,
+    CONFIG,
+    METRICS,
+    NUM_EXAMPLES,
+    NUM_PARTITIONS,
+    PARTITION_ID,
+    ROUND_KEY,
+    SPEC_KEY,
+    TASK_KEY,
+    TRAIN_TASK,
+)
 from fedsim.registry import ATTACKS
-from fedsim.wire import ATTACK_KEY, CONFIG, METRICS, ROUND_KEY, SPEC_KEY, TASK_KEY, make_reply
+from fedsim.wire import make_reply
 
 from .tasks import TASKS, Job
 
@@ -31,11 +43,11 @@ app = ClientApp()
 def client_id(context: Context) -> int:
     """This node's client (partition) id, from its node config."""
     try:
-        return int(context.node_config["partition-id"])
+        return int(context.node_config[PARTITION_ID])
     except KeyError:
         raise RuntimeError(
-            "node config lacks 'partition-id' (start the SuperNode with "
-            "--node-config \"partition-id=I num-partitions=N\")"
+            f"node config lacks {PARTITION_ID!r} (start the SuperNode with "
+            f"--node-config \"{PARTITION_ID}=I {NUM_PARTITIONS}=N\")"
         ) from None
 
 
@@ -50,13 +62,13 @@ def query(msg: Message, context: Context) -> Message:
     """Discovery: this node's client id and, given the data spec, its number of examples."""
     cid = client_id(context)
     out: dict[str, int | float | list[int] | list[float]] = {
-        "partition-id": cid, "num-partitions": int(context.node_config.get("num-partitions", 0))}
+        PARTITION_ID: cid, NUM_PARTITIONS: int(context.node_config.get(NUM_PARTITIONS, 0))}
     cfg = msg.content.config_records.get(CONFIG)
     if cfg is not None and SPEC_KEY in cfg:
         from fedsim.data.datasets import client_sizes
 
         spec = parse_spec(str(cfg[SPEC_KEY]))
-        out["num-examples"] = int(client_sizes(spec.data, spec.seed)[cid])
+        out[NUM_EXAMPLES] = int(client_sizes(spec.data, spec.seed)[cid])
     return Message(RecordDict({METRICS: MetricRecord(out)}), reply_to=msg)
 
 
@@ -68,7 +80,7 @@ def train_round(msg: Message, context: Context) -> Message:
     job = Job(message=msg, context=context, config=cfg, spec=spec, round=int(cfg[ROUND_KEY]),  # type: ignore[arg-type]
               client=client_id(context),
               attack=ATTACKS.build(attack_cfg.name, attack_cfg.params) if attack_cfg else None)
-    task = TASKS.get(str(cfg.get(TASK_KEY, "train")))
+    task = TASKS.get(str(cfg.get(TASK_KEY, TRAIN_TASK)))
     payload, metrics = task(job)
     return make_reply(msg, payload, metrics)
 

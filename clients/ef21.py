@@ -27,24 +27,38 @@ from fedsim.codecs.model import model_vector, tensor_infos
 from fedsim.ef21.client import client_round, from_arrays, to_arrays
 from fedsim.ef21.oracles import local_problem
 from fedsim.ef21.wire import CodecWire, DenseWire, TopKWire, Wire
-from fedsim.wire import ARRAYS
+from fedsim.keys import (
+    ARRAYS,
+    EF21_ACKED_KEY,
+    EF21_BATCH_KEY,
+    EF21_DENSE_KEY,
+    EF21_DTYPE_KEY,
+    EF21_K_KEY,
+    EF21_L,
+    EF21_SCALE_KEY,
+    EF21_TASK,
+    EF21_WANT_L_KEY,
+    EF21_WIRE_KEY,
+    NUM_EXAMPLES,
+    TRAIN_LOSS,
+)
 
 from .tasks import TASKS, Job, TaskResult, build_codec
 
 
 def _wire(job: Job, kind: str, d: int, shapes: list[tuple[str, tuple[int, ...]]]) -> Wire:
     cfg = job.config
-    dtype = str(cfg["ef21.dtype"])
+    dtype = str(cfg[EF21_DTYPE_KEY])
     if kind == "dense":
         return DenseWire(d, dtype)
     if kind == "topk":
-        return TopKWire(int(cfg["ef21.k"]), d, dtype)  # type: ignore[arg-type]
+        return TopKWire(int(cfg[EF21_K_KEY]), d, dtype)  # type: ignore[arg-type]
     if kind == "codec":
         return CodecWire(build_codec(job.spec.codec), tensor_infos(shapes), alpha=1.0)
     raise ValueError(f"unknown EF21 wire {kind!r}; known: dense, topk, codec")
 
 
-@TASKS.register("ef21")
+@TASKS.register(EF21_TASK)
 def ef21(job: Job) -> TaskResult:
     """One EF21-W client round; see the module docstring."""
     cfg = job.config
@@ -55,7 +69,7 @@ def ef21(job: Job) -> TaskResult:
     if problem.dim != x.size:
         raise ValueError(f"the model sent has {x.size} coordinates, the configured model {problem.dim}")
     rng = np.random.default_rng(job.seed + [0xEF21])
-    batch_size = int(cfg.get("ef21.batch", 0))  # type: ignore[arg-type]
+    batch_size = int(cfg.get(EF21_BATCH_KEY, 0))  # type: ignore[arg-type]
     batch = None
     if 0 < batch_size < problem.num_examples:  # EF21-SGD: a minibatch without replacement
         batch = np.sort(rng.choice(problem.num_examples, size=batch_size, replace=False))
@@ -63,8 +77,8 @@ def ef21(job: Job) -> TaskResult:
     if job.attack is not None:
         grad = model_vector(job.attack.corrupt([grad], rng), np.float64)
 
-    dense = bool(cfg["ef21.dense"])
-    wire = _wire(job, "dense" if dense else str(cfg["ef21.wire"]), x.size, shapes)
+    dense = bool(cfg[EF21_DENSE_KEY])
+    wire = _wire(job, "dense" if dense else str(cfg[EF21_WIRE_KEY]), x.size, shapes)
     sent: dict[str, np.ndarray] = {}
 
     def compress(v: np.ndarray) -> np.ndarray:
@@ -74,10 +88,10 @@ def ef21(job: Job) -> TaskResult:
 
     store = job.store
     state = from_arrays(store.load(), x.size)
-    _, state = client_round(state, grad, float(cfg["ef21.scale"]), compress,  # type: ignore[arg-type]
-                            job.round, int(cfg["ef21.acked"]))  # type: ignore[arg-type]
+    _, state = client_round(state, grad, float(cfg[EF21_SCALE_KEY]), compress,  # type: ignore[arg-type]
+                            job.round, int(cfg[EF21_ACKED_KEY]))  # type: ignore[arg-type]
     store.save(to_arrays(state))
-    metrics = {"num-examples": float(problem.num_examples), "train-loss": float(loss)}
-    if bool(cfg.get("ef21.want-L", False)):
-        metrics["ef21-L"] = float(problem.smoothness(x))
+    metrics = {NUM_EXAMPLES: float(problem.num_examples), TRAIN_LOSS: float(loss)}
+    if bool(cfg.get(EF21_WANT_L_KEY, False)):
+        metrics[EF21_L] = float(problem.smoothness(x))
     return sent, metrics

@@ -30,6 +30,7 @@ import numpy as np
 from fedsim.codecs.cycle import encode_round
 from fedsim.codecs.model import model_vector, split_vector, tensor_infos
 from fedsim.data.datasets import load_dataset, load_partition
+from fedsim.keys import ENCODE_S, MONNA_TASK, NUM_EXAMPLES, STEPS, TRAIN_LOSS, TRAIN_S
 from fedsim.keys import MONNA_BETA_KEY as BETA_KEY
 from fedsim.keys import MONNA_LR_KEY as LR_KEY
 from fedsim.keys import MONNA_STEPS_KEY as STEPS_KEY
@@ -67,7 +68,7 @@ def gradient(model: object, names: list[str], theta: list[np.ndarray], x: np.nda
                          for g, t in zip(grads, theta)]), float(loss.detach())
 
 
-@TASKS.register("monna")
+@TASKS.register(MONNA_TASK)
 def monna(job: Job) -> TaskResult:
     """One MoNNA step (or ``monna.local-steps``); reply ``h_i - theta_i`` through the codec."""
     from . import torch_trainer as tt
@@ -110,6 +111,6 @@ def monna(job: Job) -> TaskResult:
     payload, codec_state = encode_round(build_codec(spec.codec), step, infos, saved, spec.seed, job.round, job.client)
     job.store.save({**codec_state, MOMENTUM_KEY: state.momentum.astype(np.float32)})
     return payload, {
-        "num-examples": float(len(y)), "train-loss": float(np.mean(losses)), "steps": float(steps),
-        "train-s": t1 - t0, "encode-s": time.perf_counter() - t1,
+        NUM_EXAMPLES: float(len(y)), TRAIN_LOSS: float(np.mean(losses)), STEPS: float(steps),
+        TRAIN_S: t1 - t0, ENCODE_S: time.perf_counter() - t1,
     }

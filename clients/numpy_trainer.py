@@ -31,9 +31,12 @@ Randomness (initialisation, batch order) comes only from explicit seeds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 
 import numpy as np
+
+from fedsim.keys import NUM_EXAMPLES, STEPS, TRAIN_LOSS
 
 Params = dict[str, np.ndarray]
 
@@ -82,7 +85,7 @@ def init_params(
     rng = np.random.default_rng(seed)
 
     def linear(fan_in: int, fan_out: int) -> tuple[np.ndarray, np.ndarray]:
-        bound = 1.0 / np.sqrt(fan_in)
+        bound = 1.0 / math.sqrt(fan_in)
         w = rng.uniform(-bound, bound, size=(fan_out, fan_in)).astype(np.float32)
         b = rng.uniform(-bound, bound, size=(fan_out,)).astype(np.float32)
         return w, b
@@ -131,7 +134,7 @@ def logits(params: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """Forward pass on flattened inputs (N, D): logits (N, C)."""
     if model_kind(params) == "logreg":
         return x @ params["linear.weight"].T + params["linear.bias"]  # z = x W^T + b
-    h = np.maximum(x @ params["fc1.weight"].T + params["fc1.bias"], 0)  # h = relu(x W1^T + b1)
+    h = np.maximum(x @ params["fc1.weight"].T + params["fc1.bias"], 0.0)  # h = relu(x W1^T + b1)
     return h @ params["fc2.weight"].T + params["fc2.bias"]  # z = h W2^T + b2
 
 
@@ -152,7 +155,7 @@ def loss_and_grads(params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarra
         z = x @ params["linear.weight"].T + params["linear.bias"]
     else:
         h_pre = x @ params["fc1.weight"].T + params["fc1.bias"]
-        h = np.maximum(h_pre, 0)
+        h = np.maximum(h_pre, 0.0)
         z = h @ params["fc2.weight"].T + params["fc2.bias"]
     logp = log_softmax(z)
     rows = np.arange(b)
@@ -222,8 +225,9 @@ def train(
     Returns
     -------
     (new_params, metrics)
-        ``metrics["num_examples"]`` is N (the FedAvg weight), ``metrics["train_loss"]`` the
-        mean over all examples seen of the loss of their batch before its step.
+        the reply metrics of :func:`fedsim.clients.torch_trainer.train`: ``num-examples``
+        (N, the FedAvg weight), ``steps`` (minibatch steps taken) and ``train-loss`` (the
+        mean over all examples seen of the loss of their batch before its step).
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
@@ -243,7 +247,7 @@ def train(
     step, mu, wd, prox = dtype.type(lr), dtype.type(momentum), dtype.type(weight_decay), dtype.type(proximal_mu)
     anchor = {k: np.array(v, dtype=dtype) for k, v in params.items()} if proximal_mu else {}
     velocity: Params = {}
-    total, seen = 0.0, 0
+    total, seen, steps = 0.0, 0, 0
     for idx in batch_order(n, batch_size, epochs, seed):
         loss, grads = loss_and_grads(out, xf[idx], yi[idx])
         for k, g in grads.items():
@@ -258,7 +262,8 @@ def train(
             out[k] -= step * g  # p <- p - lr * v
         total += loss * len(idx)
         seen += len(idx)
-    return out, {"num_examples": int(n), "train_loss": total / seen}
+        steps += 1
+    return out, {NUM_EXAMPLES: float(n), STEPS: float(steps), TRAIN_LOSS: total / seen}
 
 
 def evaluate(params: Mapping[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

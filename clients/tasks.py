@@ -40,10 +40,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from fedsim.codecs.cycle import encode_round
 from fedsim.codecs.model import tensor_infos
 from fedsim.config import ClientSpec, PluginSpec
-from fedsim.keys import CODEC_KEY, PROXIMAL_MU_KEY
+from fedsim.keys import ARRAYS, CODEC_KEY, ENCODE_S, PROXIMAL_MU_KEY, TRAIN_S, TRAIN_TASK
 from fedsim.registry import CODECS, Registry
 from fedsim.state import ContextStore
-from fedsim.wire import ARRAYS
 
 from .trainer import local_train, requested_backend
 
@@ -121,7 +120,7 @@ def proximal_mu(config: ConfigRecord) -> float:
     return float(mu)
 
 
-@TASKS.register("train")
+@TASKS.register(TRAIN_TASK)
 def train(job: Job) -> TaskResult:
     """Local training (FedAvg's ``ClientUpdate``, McMahan et al. 2017, Alg. 1; FedProx's with
     ``proximal-mu``), then the update ``w_local - w^t`` encoded with the codec, whose state
@@ -139,7 +138,7 @@ def train(job: Job) -> TaskResult:
     payload, saved = encode_round(build_codec(job.codec_spec()), update, infos, job.store.load(),
                                   job.spec.seed, job.round, job.client)
     job.store.save(saved)
-    metrics.update({"train-s": t1 - t0, "encode-s": time.perf_counter() - t1})
+    metrics.update({TRAIN_S: t1 - t0, ENCODE_S: time.perf_counter() - t1})
     return payload, metrics
 from . import ef21  # noqa: E402,F401  (registers the "ef21" task)
 from . import monna as _monna  # noqa: E402,F401  (registers the "monna" task)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsim.keys import NUM_EXAMPLES, STEPS, TRAIN_LOSS
+
 _THREADS_SET = False
 
 
@@ -100,7 +102,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_
             sgd_step(params, buffers, lr, momentum, weight_decay)
             total += float(loss.detach())
             steps += 1
-    return {"num-examples": float(len(x)), "steps": float(steps), "train-loss": total / max(steps, 1)}
+    return {NUM_EXAMPLES: float(len(x)), STEPS: float(steps), TRAIN_LOSS: total / max(steps, 1)}
 
 
 @torch.no_grad()

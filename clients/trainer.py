@@ -19,7 +19,6 @@ never touches it.
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 
 from fedsim.config import ClientSpec
 from fedsim.data.datasets import load_dataset, load_partition
+from fedsim.keys import NUMPY_TRAINER
 
 BACKENDS = ("auto", "torch", "numpy")
 NUMPY_MODELS = ("logreg", "mlp")
@@ -108,11 +108,9 @@ def _train_numpy(spec: ClientSpec, names: Sequence[str], start: Sequence[np.ndar
     if kind != spec.model.name:
         raise ValueError(f"the server sent {kind} tensors {list(names)} for model {spec.model.name!r}")
     t = spec.train
-    new, m = nt.train(params, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                      seed=train_seed, momentum=t.momentum, weight_decay=t.weight_decay, proximal_mu=proximal_mu)
-    steps = t.local_epochs * math.ceil(len(x) / t.batch_size)
-    return [new[name] for name in names], {"num-examples": float(m["num_examples"]), "steps": float(steps),
-                                           "train-loss": float(m["train_loss"])}
+    new, metrics = nt.train(params, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+                            seed=train_seed, momentum=t.momentum, weight_decay=t.weight_decay, proximal_mu=proximal_mu)
+    return [new[name] for name in names], metrics
 
 
 _ANNOUNCED: set[str] = set()
@@ -157,5 +155,5 @@ def local_train(
         new, metrics = _train_numpy(spec, names, start, x, y, train_seed, proximal_mu)
     else:
         new, metrics = _train_torch(spec, names, start, x, y, ds.input_shape, ds.num_classes, train_seed, proximal_mu)
-    metrics["numpy-trainer"] = 1.0 if chosen == "numpy" else 0.0
+    metrics[NUMPY_TRAINER] = 1.0 if chosen == "numpy" else 0.0
     return new, metrics

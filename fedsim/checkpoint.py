@@ -22,6 +22,7 @@ the config are everything a resumed run needs to give the same models and metric
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -187,9 +188,22 @@ def _walk(obj: Any, arrays: dict[str, np.ndarray], skip: set[int], depth: int, p
 
 
 def restore_object_state(obj: Any, arrays: dict[str, np.ndarray], tree: dict[str, Any], where: str = "") -> None:
-    """Set the attributes that :func:`object_state` captured back on a freshly built ``obj``."""
+    """Set the attributes that :func:`object_state` captured back on a freshly built ``obj``.
+
+    A class that renamed an attribute maps the old name to the new one in a class attribute
+    ``state_renames`` (``{"old": "new"}``), so a checkpoint saved before the rename resumes.
+    Data saved under the name of a method of ``obj``'s class is refused (CheckpointError):
+    set on the instance it would hide the method (an old EF21-W checkpoint's ``start``
+    over Flower's ``Strategy.start``).
+    """
     where = where or type(obj).__name__
-    for name, node in tree.items():
+    renames: dict[str, str] = dict(getattr(type(obj), "state_renames", {}))
+    for saved, node in tree.items():
+        name = renames.get(saved, saved)
+        if callable(inspect.getattr_static(type(obj), name, None)):
+            raise CheckpointError(f"{where}.{name}: the checkpoint holds data under the name of a method of "
+                                  f"{type(obj).__name__}; restoring it would hide the method (an attribute renamed "
+                                  f"since the checkpoint was saved? map it in {type(obj).__name__}.state_renames)")
         if isinstance(node, dict) and "o" in node:
             target = getattr(obj, name, None)
             if target is None or type(target).__qualname__ != node["o"]:

@@ -10,10 +10,15 @@ Records of a message (``RecordDict`` keys)
 Config keys (server -> client)
     ``fedsim.*`` (:data:`SPEC_KEY`, :data:`ROUND_KEY`, :data:`ATTACK_KEY`, :data:`TASK_KEY`,
     :data:`CODEC_KEY`), Flower FedProx's :data:`PROXIMAL_MU_KEY`, and the keys of the
-    client tasks ``monna`` (``monna.*``) and ``ef21`` (``ef21.*``).
+    client tasks ``monna`` (``monna.*``) and ``ef21`` (``ef21.*``); :data:`TRAIN_TASK` is
+    the task a message without :data:`TASK_KEY` runs.
+Payload keys
+    a codec's are ``"<tensor>.<field>"``; EF21's own wires send :data:`EF21_X` or
+    :data:`EF21_IDX` + :data:`EF21_VAL`.
 Metric keys (client -> server)
     :data:`REPLY_METRICS`; discovery replies carry :data:`PARTITION_ID`,
-    :data:`NUM_PARTITIONS` and :data:`NUM_EXAMPLES`.
+    :data:`NUM_PARTITIONS` and :data:`NUM_EXAMPLES`, the first two read from the node
+    config under the same names.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ METRICS = "metrics"
 SPEC_KEY = "fedsim.spec"  # JSON of fedsim.config.ClientSpec
 ROUND_KEY = "fedsim.round"
 ATTACK_KEY = "fedsim.attack"  # JSON of fedsim.config.AttackConfig (Byzantine clients only)
-TASK_KEY = "fedsim.task"  # the client task a strategy asks for (default "train")
+TASK_KEY = "fedsim.task"  # the client task a strategy asks for (default TRAIN_TASK)
+TRAIN_TASK = "train"  # the default client task: local SGD, the update encoded with the codec
 CODEC_KEY = "fedsim.codec"  # optional per-client codec override: PluginSpec JSON
 PROXIMAL_MU_KEY = "proximal-mu"  # what flwr.serverapp.strategy.FedProx puts in the config
 
@@ -49,18 +55,23 @@ EF21_K_KEY = "ef21.k"
 EF21_DTYPE_KEY = "ef21.dtype"
 EF21_BATCH_KEY = "ef21.batch"
 
+# -- payload keys: EF21's own wires (fedsim.ef21.wire; the "codec" wire uses "<tensor>.<field>")
+EF21_X = "ef21.x"  # the dense message c_i, (d,) float32|float64
+EF21_IDX = "ef21.idx"  # Top-k: the kept coordinates, (k,) uint32 ascending
+EF21_VAL = "ef21.val"  # Top-k: their values, (k,) float32|float64
+
 # -- metric keys: replies ---------------------------------------------------------------
-NUM_EXAMPLES = "num-examples"
-TRAIN_LOSS = "train-loss"
-STEPS = "steps"
-TRAIN_S = "train-s"
-ENCODE_S = "encode-s"
-NUMPY_TRAINER = "numpy-trainer"
-EF21_L = "ef21-L"
+NUM_EXAMPLES = "num-examples"  # the client's number of training examples (FedAvg's weight), > 0
+TRAIN_LOSS = "train-loss"  # the mean training loss of the round, finite
+STEPS = "steps"  # local SGD steps taken
+TRAIN_S = "train-s"  # seconds spent training
+ENCODE_S = "encode-s"  # seconds spent encoding the update
+NUMPY_TRAINER = "numpy-trainer"  # 1.0 when the numpy (edge) trainer ran, 0.0 for torch
+EF21_L = "ef21-L"  # the client's smoothness constant L_i (ef21 task, when asked)
 REQUIRED_METRICS = (NUM_EXAMPLES, TRAIN_LOSS)
 OPTIONAL_METRICS = (STEPS, TRAIN_S, ENCODE_S, NUMPY_TRAINER, EF21_L)
 REPLY_METRICS = REQUIRED_METRICS + OPTIONAL_METRICS  # what a reply's metrics may hold (docs/wire-format.md)
 
-# -- metric keys: discovery replies --------------------------------------------------------
-PARTITION_ID = "partition-id"
-NUM_PARTITIONS = "num-partitions"
+# -- metric keys: discovery replies (also the node config keys a SuperNode is started with)
+PARTITION_ID = "partition-id"  # the node's client id
+NUM_PARTITIONS = "num-partitions"  # the number of clients

@@ -236,6 +236,8 @@ class EF21W(ServerEvaluatedStrategy, PayloadStrategy):
     """
 
     reply_metrics: ClassVar[frozenset[str]] = frozenset({EF21_L})  # L_i, with a client's first message
+    # checkpoints saved before `start` became `start_mode` restore into start_mode (fedsim.checkpoint)
+    state_renames: ClassVar[Mapping[str, str]] = {"start": "start_mode"}
 
     def __init__(self, weights: str = "smoothness", compressor: str = "topk", k: int | None = None,
                  alpha: float | None = None, multiplier: float = 1.0, step: float | None = None,

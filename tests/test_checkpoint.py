@@ -97,6 +97,31 @@ def test_objects_a_fresh_strategy_lacks_are_refused_clearly(tmp_path):
         object_state(a)
 
 
+class Renamed(Holder):
+    state_renames = {"mode": "mode_now"}  # the attribute was called mode when it was saved
+
+    def mode(self):  # a method now has the old name
+        return "method"
+
+
+def test_a_renamed_attribute_restores_under_its_new_name_and_no_method_is_hidden():
+    a = Holder()
+    a.mode = "zero"  # saved by the class before the rename
+    arrays, tree = object_state(a)
+    r = Renamed()
+    restore_object_state(r, arrays, tree)
+    assert r.mode_now == "zero" and "mode" not in vars(r) and r.mode() == "method"
+
+    class Unmapped(Holder):
+        def mode(self):
+            return "method"
+
+    u = Unmapped()
+    with pytest.raises(CheckpointError, match=r"Unmapped.mode: .* method of Unmapped.*state_renames"):
+        restore_object_state(u, arrays, tree)
+    assert u.mode() == "method"
+
+
 def test_flower_fedadam_state_survives(tmp_path):
     from flwr.serverapp.strategy import FedAdam
 

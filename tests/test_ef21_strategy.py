@@ -275,3 +275,25 @@ def test_configs_load_and_name_known_plugins(name):
     cfg = load_config(f"configs/{name}.yaml")
     check_plugins(cfg)
     assert cfg.strategy.name in ("ef21", "ef21w") and cfg.model.name == "logreg-ncvx"
+
+
+def test_an_old_checkpoint_start_restores_into_start_mode_and_keeps_flowers_start(tmp_path):
+    """A checkpoint saved before ``start`` was renamed ``start_mode`` holds ``start``: it
+    restores into ``start_mode``, and Flower's ``Strategy.start`` (the round loop) stays."""
+    from flwr.serverapp.strategy import Strategy
+
+    from fedsim.checkpoint import load_state, object_state, restore_object_state, save_state
+
+    arrays, tree = object_state(EF21W(k=2, start="zero"))
+    assert tree.pop("start_mode") == "zero"
+    old = {"start": "zero", **tree}  # what the older EF21W saved
+    s = EF21W(k=2)
+    assert s.start_mode == "dense"
+    restore_object_state(s, arrays, old)
+    assert s.start_mode == "zero" and "start" not in vars(s)
+    assert type(s).start is s.start.__func__ is Strategy.start
+    save_state(tmp_path, "strategy", s)  # and a new checkpoint of it holds start_mode only
+    assert "start" not in object_state(s)[1]
+    fresh = EF21W(k=2)
+    load_state(tmp_path, "strategy", fresh)
+    assert fresh.start_mode == "zero" and fresh.start.__func__ is Strategy.start

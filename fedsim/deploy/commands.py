@@ -27,6 +27,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from fedsim.keys import NUM_PARTITIONS, PARTITION_ID
+
 ConfigValue = bool | int | float | str
 
 DEFAULT_FLEET_ADDRESS = "0.0.0.0:9092"
@@ -95,9 +97,9 @@ def partition_node_config(
     """The node config a fedsim ClientApp reads: ``partition-id``, ``num-partitions``, extras."""
     if not 0 <= partition_id < num_partitions:
         raise ValueError(
-            f"partition-id must be in [0, num-partitions); got {partition_id} of {num_partitions}"
+            f"{PARTITION_ID} must be in [0, {NUM_PARTITIONS}); got {partition_id} of {num_partitions}"
         )
-    config: dict[str, ConfigValue] = {"partition-id": partition_id, "num-partitions": num_partitions}
+    config: dict[str, ConfigValue] = {PARTITION_ID: partition_id, NUM_PARTITIONS: num_partitions}
     for key, value in (extra or {}).items():
         if key in config:
             raise ValueError(f"{key!r} is set by partition_id/num_partitions; do not pass it in extra")

@@ -28,13 +28,13 @@ import numpy as np
 
 from fedsim.codecs.base import Payload, PayloadError, TensorInfo
 from fedsim.codecs.model import contexts, decode_update, flatten, validate_update
+from fedsim.keys import EF21_IDX, EF21_VAL, EF21_X
 
 from .compressors import TopK, blockwise_alpha, codec_alpha
 
 __all__ = ["CodecWire", "DenseWire", "TopKWire", "Wire", "WIRE_DTYPES"]
 
 WIRE_DTYPES = ("float32", "float64")
-DENSE, IDX, VAL = "ef21.x", "ef21.idx", "ef21.val"
 
 
 class Wire(Protocol):
@@ -81,14 +81,14 @@ class DenseWire:
 
     def encode(self, v: np.ndarray, seed: int = 0, rnd: int = 0, client: int = 0) -> tuple[Payload, np.ndarray]:
         x = np.ascontiguousarray(v, dtype=self.dtype)
-        return {DENSE: x}, x.astype(np.float64)
+        return {EF21_X: x}, x.astype(np.float64)
 
     def validate(self, payload: Payload) -> None:
-        _expect_keys(payload, {DENSE})
-        _expect(payload[DENSE], DENSE, self.dtype, (self.d,))
+        _expect_keys(payload, {EF21_X})
+        _expect(payload[EF21_X], EF21_X, self.dtype, (self.d,))
 
     def decode(self, payload: Payload, seed: int = 0, rnd: int = 0, client: int = 0) -> np.ndarray:
-        return payload[DENSE].astype(np.float64)
+        return payload[EF21_X].astype(np.float64)
 
 
 class TopKWire:
@@ -105,19 +105,19 @@ class TopKWire:
         val = v[idx].astype(self.dtype)
         out = np.zeros(self.d)
         out[idx] = val
-        return {IDX: idx.astype(np.uint32), VAL: val}, out
+        return {EF21_IDX: idx.astype(np.uint32), EF21_VAL: val}, out
 
     def validate(self, payload: Payload) -> None:
-        _expect_keys(payload, {IDX, VAL})
-        _expect(payload[IDX], IDX, np.dtype(np.uint32), (self.k,))
-        _expect(payload[VAL], VAL, self.dtype, (self.k,))
-        idx = payload[IDX].astype(np.int64)
+        _expect_keys(payload, {EF21_IDX, EF21_VAL})
+        _expect(payload[EF21_IDX], EF21_IDX, np.dtype(np.uint32), (self.k,))
+        _expect(payload[EF21_VAL], EF21_VAL, self.dtype, (self.k,))
+        idx = payload[EF21_IDX].astype(np.int64)
         if idx.size and (idx[-1] >= self.d or np.any(np.diff(idx) <= 0)):
-            raise PayloadError(f"{IDX}: positions must be strictly increasing and < {self.d}")
+            raise PayloadError(f"{EF21_IDX}: positions must be strictly increasing and < {self.d}")
 
     def decode(self, payload: Payload, seed: int = 0, rnd: int = 0, client: int = 0) -> np.ndarray:
         out = np.zeros(self.d)
-        out[payload[IDX].astype(np.int64)] = payload[VAL]
+        out[payload[EF21_IDX].astype(np.int64)] = payload[EF21_VAL]
         return out
 
 

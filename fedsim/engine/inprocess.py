@@ -21,6 +21,7 @@ from flwr.app.message import make_message
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.keys import NUM_PARTITIONS, PARTITION_ID
 from fedsim.state import context_arrays, read_state, write_state
 from fedsim.wire import to_record
 
@@ -76,7 +77,7 @@ class InProcessGrid(LocalGrid):
         self.node_ids = [1000 + 7 * i for i in range(num_nodes)]  # not 0..n-1: ids are not partition ids
         self.contexts = {
             node: Context(run_id=1, node_id=node,
-                          node_config=(node_config or {}).get(i, {"partition-id": i, "num-partitions": num_nodes}),
+                          node_config=(node_config or {}).get(i, {PARTITION_ID: i, NUM_PARTITIONS: num_nodes}),
                           state=RecordDict(), run_config=dict(run_config or {}))
             for i, node in enumerate(self.node_ids)
         }
@@ -114,7 +115,7 @@ class InProcessGrid(LocalGrid):
     # -- client state (checkpoints) ---------------------------------------------------
     def _client_contexts(self) -> dict[int, Context]:
         """Client (partition) id -> that node's Context."""
-        return {int(ctx.node_config["partition-id"]): ctx for ctx in self.contexts.values()}
+        return {int(ctx.node_config[PARTITION_ID]): ctx for ctx in self.contexts.values()}
 
     def save_client_states(self, directory: Path) -> int:
         """Write every client's non-empty ``Context.state`` arrays as ``<directory>/client-<id>.npz``

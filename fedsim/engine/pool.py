@@ -52,6 +52,7 @@ from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
 from flwr.app.message import make_message
 
 from fedsim.config import Config
+from fedsim.keys import NUM_PARTITIONS, PARTITION_ID
 
 from .inprocess import LocalGrid
 
@@ -163,7 +164,7 @@ class PoolWorker:
             t0 = time.perf_counter()
             try:  # one client's fault (in its task, or in the state it left) fails that client only
                 context = Context(run_id=1, node_id=node_id(client),
-                                  node_config={"partition-id": client, "num-partitions": self.num_clients},
+                                  node_config={PARTITION_ID: client, NUM_PARTITIONS: self.num_clients},
                                   state=self._state_of(client), run_config={})
                 reply = self.app(msg, context)
                 self.store.put(client, context_arrays(context.state))

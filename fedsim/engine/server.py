@@ -28,7 +28,7 @@ from fedsim import checkpoint
 from fedsim.attacks.base import attacker_ids
 from fedsim.checkpoint import Part, save_arrays
 from fedsim.config import ClientSpec, Config
-from fedsim.keys import CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, SPEC_KEY
+from fedsim.keys import CONFIG, METRICS, NUM_EXAMPLES, PARTITION_ID, SPEC_KEY, TRAIN_LOSS
 from fedsim.metrics import Recorder, summarize
 from fedsim.registry import CODECS, STRATEGIES
 from fedsim.runstatus import write_status
@@ -188,7 +188,7 @@ def run_server(grid: Grid, cfg: Config, run_dir: Path, progress: Progress | None
             if new_arrays is not None:
                 arrays = new_arrays
             s = wrapper.stats
-            loss = train_metrics.get("train-loss") if train_metrics else None
+            loss = train_metrics.get(TRAIN_LOSS) if train_metrics else None
             row: dict[str, Any] = {
                 "round": rnd,
                 "train_loss": float(loss) if isinstance(loss, int | float) else None,
