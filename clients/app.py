@@ -35,7 +35,7 @@ from fedsim.keys import (
 from fedsim.registry import ATTACKS
 from fedsim.wire import make_reply
 
-from .tasks import TASKS, Job
+from .tasks import TASKS, Job, config_integer
 
 app = ClientApp()
 
@@ -77,7 +77,7 @@ def train_round(msg: Message, context: Context) -> Message:
     cfg = msg.content.config_records[CONFIG]
     spec = parse_spec(str(cfg[SPEC_KEY]))
     attack_cfg = AttackConfig.model_validate_json(str(cfg[ATTACK_KEY])) if ATTACK_KEY in cfg else None
-    job = Job(message=msg, context=context, config=cfg, spec=spec, round=int(cfg[ROUND_KEY]),  # type: ignore[arg-type]
+    job = Job(message=msg, context=context, config=cfg, spec=spec, round=config_integer(cfg, ROUND_KEY),
               client=client_id(context),
               attack=ATTACKS.build(attack_cfg.name, attack_cfg.params) if attack_cfg else None)
     task = TASKS.get(str(cfg.get(TASK_KEY, TRAIN_TASK)))

@@ -52,7 +52,7 @@ def _wire(job: Job, kind: str, d: int, shapes: list[tuple[str, tuple[int, ...]]]
     if kind == "dense":
         return DenseWire(d, dtype)
     if kind == "topk":
-        return TopKWire(int(cfg[EF21_K_KEY]), d, dtype)  # type: ignore[arg-type]
+        return TopKWire(job.integer(EF21_K_KEY), d, dtype)
     if kind == "codec":
         return CodecWire(build_codec(job.spec.codec), tensor_infos(shapes), alpha=1.0)
     raise ValueError(f"unknown EF21 wire {kind!r}; known: dense, topk, codec")
@@ -69,7 +69,7 @@ def ef21(job: Job) -> TaskResult:
     if problem.dim != x.size:
         raise ValueError(f"the model sent has {x.size} coordinates, the configured model {problem.dim}")
     rng = np.random.default_rng(job.seed + [0xEF21])
-    batch_size = int(cfg.get(EF21_BATCH_KEY, 0))  # type: ignore[arg-type]
+    batch_size = job.integer(EF21_BATCH_KEY, 0)
     batch = None
     if 0 < batch_size < problem.num_examples:  # EF21-SGD: a minibatch without replacement
         batch = np.sort(rng.choice(problem.num_examples, size=batch_size, replace=False))
@@ -88,8 +88,8 @@ def ef21(job: Job) -> TaskResult:
 
     store = job.store
     state = from_arrays(store.load(), x.size)
-    _, state = client_round(state, grad, float(cfg[EF21_SCALE_KEY]), compress,  # type: ignore[arg-type]
-                            job.round, int(cfg[EF21_ACKED_KEY]))  # type: ignore[arg-type]
+    _, state = client_round(state, grad, job.number(EF21_SCALE_KEY), compress,
+                            job.round, job.integer(EF21_ACKED_KEY))
     store.save(to_arrays(state))
     metrics = {NUM_EXAMPLES: float(problem.num_examples), TRAIN_LOSS: float(loss)}
     if bool(cfg.get(EF21_WANT_L_KEY, False)):

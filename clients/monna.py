@@ -74,8 +74,8 @@ def monna(job: Job) -> TaskResult:
     from . import torch_trainer as tt
     from .trainer import _torch_model
 
-    lr, beta = float(job.config[LR_KEY]), float(job.config[BETA_KEY])  # type: ignore[arg-type]
-    steps = int(job.config.get(STEPS_KEY, 1))  # type: ignore[arg-type]
+    lr, beta = job.number(LR_KEY), job.number(BETA_KEY)
+    steps = job.integer(STEPS_KEY, 1)
     names, theta = job.model()
     shapes = [t.shape for t in theta]
     flat = model_vector(theta)

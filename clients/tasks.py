@@ -76,6 +76,27 @@ def decoded_model(record: ArrayRecord) -> tuple[list[str], list[np.ndarray]]:
     return out
 
 
+def config_number(config: ConfigRecord, key: str, default: float | None = None) -> float:
+    """``config[key]`` as a float, ``default`` when absent; ValueError naming the key when it is
+    missing with no default, or not an int/float (bool included: True is not a step size)."""
+    if key not in config:
+        if default is None:
+            raise ValueError(f"config {key!r} is missing")
+        return float(default)
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"config {key!r} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def config_integer(config: ConfigRecord, key: str, default: int | None = None) -> int:
+    """``config[key]`` as an int (:func:`config_number`, and it must be a whole number)."""
+    value = config_number(config, key, None if default is None else float(default))
+    if not value.is_integer():
+        raise ValueError(f"config {key!r} must be a whole number, got {value!r}")
+    return int(value)
+
+
 @dataclass
 class Job:
     """Everything a task may use: the message, this node's context and the parsed config."""
@@ -87,6 +108,15 @@ class Job:
     round: int
     client: int
     attack: Any = None
+
+    def number(self, key: str, default: float | None = None) -> float:
+        """The config value ``key`` as a float (``default`` when absent); ValueError naming the
+        key when it is missing or not a number (a ConfigRecord value may be str, bytes, a list...)."""
+        return config_number(self.config, key, default)
+
+    def integer(self, key: str, default: int | None = None) -> int:
+        """The config value ``key`` as an int; ValueError unless it is a whole number."""
+        return config_integer(self.config, key, default)
 
     @property
     def store(self) -> ContextStore:
