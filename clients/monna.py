@@ -24,6 +24,7 @@ server, on the decoded half-step models.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,6 +39,9 @@ from fedsim.robust.monna import MomentumState, client_step
 
 from .tasks import TASKS, Job, TaskResult, build_codec
 
+if TYPE_CHECKING:  # torch only for the annotation: the module loads on numpy-only installs
+    from torch import nn
+
 MOMENTUM_KEY = "monna.momentum"  # the store key of m_i (codec state keys are "i.field")
 
 
@@ -48,7 +52,7 @@ def minibatch(num: int, batch: int, rng: np.random.Generator) -> np.ndarray:
     return rng.choice(num, size=min(batch, num), replace=False)
 
 
-def gradient(model: object, names: list[str], theta: list[np.ndarray], x: np.ndarray,
+def gradient(model: nn.Module, names: list[str], theta: list[np.ndarray], x: np.ndarray,
              y: np.ndarray) -> tuple[np.ndarray, float]:
     """Flat float32 gradient of the mean cross-entropy at ``theta`` (state-dict order), and
     the loss. Tensors without a gradient (buffers) get 0."""
@@ -57,12 +61,12 @@ def gradient(model: object, names: list[str], theta: list[np.ndarray], x: np.nda
 
     from . import torch_trainer as tt
 
-    tt.set_weights(model, theta)  # type: ignore[arg-type]
-    model.train()  # type: ignore[attr-defined]
-    model.zero_grad()  # type: ignore[attr-defined]
-    loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))  # type: ignore[operator]
+    tt.set_weights(model, theta)
+    model.train()
+    model.zero_grad()
+    loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
     loss.backward()
-    params = dict(model.named_parameters())  # type: ignore[attr-defined]
+    params = dict(model.named_parameters())
     grads = [getattr(params.get(name), "grad", None) for name in names]
     return model_vector([np.zeros(t.shape, np.float32) if g is None else g.detach().numpy()
                          for g, t in zip(grads, theta)]), float(loss.detach())
