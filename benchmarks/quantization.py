@@ -6,7 +6,9 @@ serialization, no Ray), in one of four settings (``--setting``):
 ``noniid``    ``configs/ndqsg_mnist.yaml``: Dirichlet(0.5), 10 clients a round (the hard case);
 ``noniid20``  the same with 20 clients a round;
 ``iid``       ``configs/ndqsg_mnist_iid.yaml``: IID partition, 20 clients a round;
-``iid50``     the IID config with 50 clients a round (more side information per reference).
+``iid50``     the IID config with 50 clients a round (more side information per reference);
+``iid10big``  the IID config with 10 clients of 400 examples, all 10 every round, batch 100:
+              large clients and large batches, whose updates agree far more (``--probe``).
 
 Each row overrides only the strategy and the codec, with every parameter spelled out (a row
 does not depend on the config's own strategy/codec parameters). Bits per coordinate count
@@ -58,10 +60,12 @@ IID = ROOT / "configs" / "ndqsg_mnist_iid.yaml"
 
 # setting -> (config, extra overrides, what the header line says)
 SETTINGS: dict[str, tuple[Path, list[str], str]] = {
-    "noniid": (CONFIG, [], "Dirichlet 0.5, 10 a round"),
-    "noniid20": (CONFIG, ["clients_per_round=20"], "Dirichlet 0.5, 20 a round"),
-    "iid": (IID, [], "IID, 20 a round"),
-    "iid50": (IID, ["clients_per_round=50"], "IID, 50 a round"),
+    "noniid": (CONFIG, [], "100 clients, Dirichlet 0.5, 10 a round"),
+    "noniid20": (CONFIG, ["clients_per_round=20"], "100 clients, Dirichlet 0.5, 20 a round"),
+    "iid": (IID, [], "100 clients, IID, 20 a round"),
+    "iid50": (IID, ["clients_per_round=50"], "100 clients, IID, 50 a round"),
+    "iid10big": (IID, ["data.num_clients=10", "clients_per_round=10", "train.batch_size=100"],
+                 "IID, 10 clients of 400 examples, all 10 a round, batch 100"),
 }
 
 
@@ -308,8 +312,10 @@ def run(name: str, overrides: list[str], rounds: int, seed: int, config: Path | 
         "bits": bits([r.payload for r in grid.replies], coords),
         "npy": bits([r.npy for r in grid.replies], coords),
         "wire": bits([r.wire for r in grid.replies], coords),
+        "one": bits([r.one for r in grid.replies], coords),
         "acc": summary["final_accuracy"],
         "best": summary["best_accuracy"],
+        "curve": [r.get("test_accuracy") for r in rows],  # index = round (0: the initial model)
         "wall": wall,
     }
     nested = [r for r in rows[1:] if r.get("nested_clients")]
@@ -453,6 +459,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--probe", action="store_true",
                     help="instead of the table: how close real client updates are (dense FedAvg, rounds 1, 5, 15) "
                          "and each row's aggregate quantization error on them")
+    ap.add_argument("--at", type=int, default=None, help="also print the test accuracy after this round")
+    ap.add_argument("--probe-rounds", type=int, nargs="+", default=[1, 5, 15], help="the rounds --probe looks at")
     ap.add_argument("--layouts", action="store_true",
                     help="instead of the table: reply bytes per model and codec in three array layouts")
     args = ap.parse_args(argv)
@@ -466,32 +474,35 @@ def main(argv: list[str] | None = None) -> None:
     config, setting, what = SETTINGS[args.setting]
     extra = f", {' '.join(args.extra)}" if args.extra else ""
     if args.probe:
-        print(f"MNIST-5k, CNN, 100 clients ({what}{extra}), seed {args.seed}: client updates of a dense FedAvg run")
-        probe(config, [*setting, *args.extra], args.seed, select(args.only, PROBE_ROWS))
+        print(f"MNIST-5k, CNN, {what}{extra}, seed {args.seed}: client updates of a dense FedAvg run")
+        probe(config, [*setting, *args.extra], args.seed, select(args.only, PROBE_ROWS), tuple(args.probe_rounds))
         return
     results = []
     for name in select(args.only, DEFAULT_ROWS):
         results.append(run(name, [*setting, *args.extra, *METHODS[name]], args.rounds, args.seed, config))
         print(f"  done: {name} ({results[-1]['wall']:.0f} s)", file=sys.stderr, flush=True)
-    print_table(results, f"MNIST-5k, CNN, 100 clients ({what}{extra}), {args.rounds} rounds, seed {args.seed}, "
-                         "inprocess")
+    print_table(results, f"MNIST-5k, CNN, {what}{extra}, {args.rounds} rounds, seed {args.seed}, inprocess", args.at)
 
 
-def print_table(results: Sequence[Mapping[str, Any]], title: str) -> None:
+def print_table(results: Sequence[Mapping[str, Any]], title: str, at: int | None = None) -> None:
     """The table: bits three ways, the wire bits relative to DQSG M=3's, accuracy, nested stats."""
     dq = next((r for r in results if r["method"] == "DQSG M=3"), None)
     print(f"\n{title}")
-    print(f"{'method':31} {'payload':>7} {'npy':>6} {'wire':>6} {'x DQSG':>6} {'final acc':>9} {'vs DQSG':>7} "
-          f"{'best acc':>8} {'ref bits':>8} {'nest bits':>9} {'used':>5} {'detect fail':>11} {'wall s':>6}")
+    print(f"{'method':31} {'payload':>7} {'npy':>6} {'wire':>6} {'1-array':>7} {'x DQSG':>6} "
+          + (f"{'acc@' + str(at):>8} " if at else "")
+          + f"{'final acc':>9} {'vs DQSG':>7} {'best acc':>8} {'ref bits':>8} {'nest bits':>9} {'used':>5} "
+          f"{'detect fail':>11} {'wall s':>6}")
     for r in results:
         ratio = f"{r['wire'] / dq['wire']:.3f}" if dq else "-"
         gap = f"{100 * (r['acc'] - dq['acc']):+.1f}" if dq else "-"
         nest = (f"{r['ref_bits']:8.3f} {r['nested_bits']:9.3f} {r['used']:5.2f} {r['fail']:11.4f}"
                 if "used" in r else f"{'-':>8} {'-':>9} {'-':>5} {'-':>11}")
-        print(f"{r['method']:31} {r['bits']:7.3f} {r['npy']:6.3f} {r['wire']:6.3f} {ratio:>6} {r['acc']:9.3f} "
-              f"{gap:>7} {r['best']:8.3f} {nest} {r['wall']:6.0f}")
+        mid = f"{r['curve'][at]:8.3f} " if at and at < len(r["curve"]) else (f"{'-':>8} " if at else "")
+        print(f"{r['method']:31} {r['bits']:7.3f} {r['npy']:6.3f} {r['wire']:6.3f} {r['one']:7.3f} {ratio:>6} {mid}"
+              f"{r['acc']:9.3f} {gap:>7} {r['best']:8.3f} {nest} {r['wall']:6.0f}")
     print("bits a coordinate: payload = codec arrays (the metrics' bytes_up); npy = + NPY headers "
-          "(fedsim.wire.record_nbytes); wire = every Flower object of the reply; x DQSG on the wire")
+          "(fedsim.wire.record_nbytes); wire = every Flower object of the reply; 1-array = wire with the "
+          "payload as one array; x DQSG on the wire")
 
 
 if __name__ == "__main__":

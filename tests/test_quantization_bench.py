@@ -164,7 +164,7 @@ def test_select_rows(bench):
 
 def test_one_round_metered_run_matches_the_metrics(bench):
     # run() raises unless the metered replies are the metrics' replies and payload bytes
-    base = ["name=t", "data.name=digits", "data.num_clients=6", "data.partition.kind=iid", "clients_per_round=4",
+    base = ["name=t", "data.name=digits", "data.num_clients=4", "data.partition.kind=iid", "clients_per_round=4",
             "model.name=mlp", "model.params={hidden: 8}", "train.batch_size=16"]
     out = bench.run("NDQSG (1 ref) a=0.4 unb", base + bench.METHODS["NDQSG (1 ref) a=0.4 unb"], 1, 0, None)
     coords = 64 * 8 + 8 + 8 * 10 + 10
