@@ -34,18 +34,14 @@ def bench():
 
 
 def _payload() -> dict[str, np.ndarray]:
+    """A real DQSG M=1 payload of a (40, 30) weight and a (30,) bias: keys 0.sym, 0.scale, 1.sym, 1.scale."""
+    from fedsim.codecs.model import encode_update, init_states
+
     infos = tensor_infos([("w", (40, 30)), ("b", (30,))])
     rng = np.random.default_rng(3)
     update = [rng.normal(0, 1, i.shape).astype(np.float32) for i in infos]
-    return dict(zip(("0.sym", "0.scale", "1.sym", "1.scale"),
-                    [a for p in (Dqsg(levels=1, bucket=512).encode(u, {}, _ctx(t))[0] for t, u in enumerate(update))
-                     for a in (p["sym"], p["scale"])]))
-
-
-def _ctx(t: int):
-    from fedsim.codecs.base import CodecContext
-
-    return CodecContext(0, 1, 0, t)
+    codec = Dqsg(levels=1, bucket=512)
+    return encode_update(codec, update, infos, init_states(codec, infos), 0, 1, 0)[0]
 
 
 # ------------------------------------------------------------------ one reply's bytes
