@@ -47,12 +47,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.engine.inprocess import InProcessGrid
-from fedsim.wire import PAYLOAD, make_reply, record_nbytes, to_record
+from fedsim.packed import pack
+from fedsim.wire import METRICS, PACKED, PAYLOAD, make_reply, read_payload, record_nbytes, to_record
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "ndqsg_mnist.yaml"
@@ -91,27 +92,34 @@ class ReplyBytes:
     payload: int  # the codec's arrays: sum of ndarray.nbytes
     npy: int  # fedsim.wire.record_nbytes of the payload ArrayRecord (NPY headers included)
     wire: int  # every Flower object of the reply message (flower_nbytes)
-    one: int  # ``wire`` with the payload sent as one uint8 array (layout "reply", layout_arrays)
+    one: int  # ``wire`` with the payload sent as one raw uint8 array (layout "reply": no key index)
+    tensor: int  # ``wire`` with one array per tensor and field (layout "tensor": fedsim before packing)
 
 
 def reply_bytes(reply: Message) -> ReplyBytes:
     """Measure a reply that carries a payload ArrayRecord (``one``: rebuilt as one array)."""
     rec = reply.content.array_records[PAYLOAD]
-    arrays = {k: a.numpy() for k, a in rec.items()}
+    arrays = read_payload(rec, 1 << 40)
     wire = flower_nbytes(reply)
     # the record is one subtree of the message (its parent holds only its fixed-length id)
-    one = wire - flower_nbytes(rec) + flower_nbytes(to_record(layout_arrays(arrays, "reply")))
-    return ReplyBytes(sum(a.nbytes for a in arrays.values()), record_nbytes(rec), wire, one)
+    rest = wire - flower_nbytes(rec)
+    one = rest + flower_nbytes(to_record(layout_arrays(arrays, "reply")))
+    tensor = rest + flower_nbytes(to_record(layout_arrays(arrays, "tensor")))
+    return ReplyBytes(sum(a.nbytes for a in arrays.values()), record_nbytes(rec), wire, one, tensor)
 
 
-def real_reply(payload: Mapping[str, np.ndarray], metrics: Mapping[str, float]) -> Message:
-    """The reply a client sends (``fedsim.wire.make_reply``), answering a bare train instruction."""
+def real_reply(payload: Mapping[str, np.ndarray], metrics: Mapping[str, float], layout: str = "tensor") -> Message:
+    """A reply answering a bare train instruction, its payload in ``layout``: ``"packed"`` is
+    what a client sends (``fedsim.wire.make_reply``), the others rebuild it with more arrays."""
     try:
         TaskIdentity.run_id  # noqa: B018 - raises outside a Flower app process
     except RuntimeError:  # as InProcessGrid does: what a ServerApp process has set
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     instruction = Message(RecordDict(), dst_node_id=1007, message_type="train")
-    return make_reply(instruction, payload, metrics)
+    if layout == "packed":
+        return make_reply(instruction, payload, metrics)
+    content = RecordDict({PAYLOAD: to_record(layout_arrays(payload, layout)), METRICS: MetricRecord(dict(metrics))})
+    return Message(content, reply_to=instruction)
 
 
 REPLY_METRICS = {"num-examples": 40.0, "train-loss": 0.5, "steps": 6.0, "train-s": 0.1, "encode-s": 0.01}
@@ -138,7 +146,7 @@ def bits(nbytes: Sequence[int], coords: int) -> float:
     return 8.0 * sum(nbytes) / (len(nbytes) * coords)
 
 
-LAYOUTS = ("tensor", "field", "reply")
+LAYOUTS = ("tensor", "field", "packed", "reply")
 
 
 def layout_arrays(payload: Mapping[str, np.ndarray], layout: str) -> dict[str, np.ndarray]:
@@ -148,7 +156,10 @@ def layout_arrays(payload: Mapping[str, np.ndarray], layout: str) -> dict[str, n
     ``field``   one array per field, the tensors' arrays concatenated in tensor order
                 (``"sym"``, ``"scale"``: each keeps its dtype, so the server's exact dtype
                 check still applies);
-    ``reply``   one ``uint8`` array, every array's raw bytes concatenated in key order.
+    ``packed``  what fedsim sends since: :func:`fedsim.packed.pack` (one ``uint8`` array,
+                a JSON index of keys, dtypes and shapes, then the bytes);
+    ``reply``   one ``uint8`` array, every array's raw bytes concatenated in key order (the
+                floor: ``packed`` without its index).
     """
     if layout == "tensor":
         return dict(payload)
@@ -157,6 +168,8 @@ def layout_arrays(payload: Mapping[str, np.ndarray], layout: str) -> dict[str, n
         for key, arr in payload.items():
             fields.setdefault(key.split(".", 1)[1], []).append(np.ravel(arr))
         return {f: np.concatenate(parts) for f, parts in fields.items()}
+    if layout == "packed":
+        return {PACKED: pack(payload)}
     if layout == "reply":
         raw = b"".join(np.ascontiguousarray(a).tobytes() for a in payload.values())
         return {"payload": np.frombuffer(raw, dtype=np.uint8)}
@@ -165,7 +178,7 @@ def layout_arrays(payload: Mapping[str, np.ndarray], layout: str) -> dict[str, n
 
 def layout_wire(payload: Mapping[str, np.ndarray], layout: str) -> int:
     """A real reply's bytes on the wire (:func:`flower_nbytes`) with ``payload`` laid out as ``layout``."""
-    return flower_nbytes(real_reply(layout_arrays(payload, layout), REPLY_METRICS))
+    return flower_nbytes(real_reply(payload, REPLY_METRICS, layout))
 
 
 LAYOUT_MODELS = ("logreg", "cnn", "cnn-fedavg")
@@ -313,6 +326,7 @@ def run(name: str, overrides: list[str], rounds: int, seed: int, config: Path | 
         "npy": bits([r.npy for r in grid.replies], coords),
         "wire": bits([r.wire for r in grid.replies], coords),
         "one": bits([r.one for r in grid.replies], coords),
+        "tensor": bits([r.tensor for r in grid.replies], coords),
         "acc": summary["final_accuracy"],
         "best": summary["best_accuracy"],
         "curve": [r.get("test_accuracy") for r in rows],  # index = round (0: the initial model)
@@ -488,7 +502,7 @@ def print_table(results: Sequence[Mapping[str, Any]], title: str, at: int | None
     """The table: bits three ways, the wire bits relative to DQSG M=3's, accuracy, nested stats."""
     dq = next((r for r in results if r["method"] == "DQSG M=3"), None)
     print(f"\n{title}")
-    print(f"{'method':31} {'payload':>7} {'npy':>6} {'wire':>6} {'1-array':>7} {'x DQSG':>6} "
+    print(f"{'method':31} {'payload':>7} {'npy':>6} {'wire':>6} {'per-key':>7} {'1-array':>7} {'x DQSG':>6} "
           + (f"{'acc@' + str(at):>8} " if at else "")
           + f"{'final acc':>9} {'vs DQSG':>7} {'best acc':>8} {'ref bits':>8} {'nest bits':>9} {'used':>5} "
           f"{'detect fail':>11} {'wall s':>6}")
@@ -498,11 +512,14 @@ def print_table(results: Sequence[Mapping[str, Any]], title: str, at: int | None
         nest = (f"{r['ref_bits']:8.3f} {r['nested_bits']:9.3f} {r['used']:5.2f} {r['fail']:11.4f}"
                 if "used" in r else f"{'-':>8} {'-':>9} {'-':>5} {'-':>11}")
         mid = f"{r['curve'][at]:8.3f} " if at and at < len(r["curve"]) else (f"{'-':>8} " if at else "")
-        print(f"{r['method']:31} {r['bits']:7.3f} {r['npy']:6.3f} {r['wire']:6.3f} {r['one']:7.3f} {ratio:>6} {mid}"
+        per_key = r.get("tensor", float("nan"))  # rows cached before packing lack it
+        print(f"{r['method']:31} {r['bits']:7.3f} {r['npy']:6.3f} {r['wire']:6.3f} {per_key:7.3f} {r['one']:7.3f} "
+              f"{ratio:>6} {mid}"
               f"{r['acc']:9.3f} {gap:>7} {r['best']:8.3f} {nest} {r['wall']:6.0f}")
     print("bits a coordinate: payload = codec arrays (the metrics' bytes_up); npy = + NPY headers "
-          "(fedsim.wire.record_nbytes); wire = every Flower object of the reply; 1-array = wire with the "
-          "payload as one array; x DQSG on the wire")
+          "(fedsim.wire.record_nbytes); wire = every Flower object of the reply (fedsim's packed payload, "
+          "fedsim.packed); per-key = wire with one array per tensor field (fedsim before packing); 1-array = wire "
+          "with the payload as one raw array, no index (the floor); x DQSG on the wire")
 
 
 if __name__ == "__main__":

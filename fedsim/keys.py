@@ -55,6 +55,9 @@ EF21_K_KEY = "ef21.k"
 EF21_DTYPE_KEY = "ef21.dtype"
 EF21_BATCH_KEY = "ef21.batch"
 
+# -- payload keys: the reply's one packed array (fedsim.packed), holding the keys below
+PACKED = "packed"
+
 # -- payload keys: EF21's own wires (fedsim.ef21.wire; the "codec" wire uses "<tensor>.<field>")
 EF21_X = "ef21.x"  # the dense message c_i, (d,) float32|float64
 EF21_IDX = "ef21.idx"  # Top-k: the kept coordinates, (k,) uint32 ascending

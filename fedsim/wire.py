@@ -10,7 +10,8 @@ Instruction (server -> client), a fresh ``RecordDict`` per client:
 
 Reply (client -> server):
 
-- ``"payload"``: ``ArrayRecord`` of the codec payload, keys ``"<tensor>.<field>"``;
+- ``"payload"``: ``ArrayRecord`` of the codec payload, keys ``"<tensor>.<field>"``, packed
+  into one array under ``"packed"`` (:mod:`fedsim.packed`; one array per key is read too);
 - ``"metrics"``: ``MetricRecord`` with ``num-examples`` (> 0), ``train-loss`` (finite) and
   optionally the other :data:`REPLY_METRICS`; the server drops any other key (and checks
   ``num-examples`` against the size the client reported at discovery).
@@ -39,6 +40,7 @@ from fedsim.keys import (  # noqa: F401  (re-exported: fedsim.wire is where repl
     METRICS,
     NUM_EXAMPLES,
     OPTIONAL_METRICS,
+    PACKED,
     PAYLOAD,
     PROXIMAL_MU_KEY,
     REPLY_METRICS,
@@ -48,6 +50,7 @@ from fedsim.keys import (  # noqa: F401  (re-exported: fedsim.wire is where repl
     TASK_KEY,
     TRAIN_LOSS,
 )
+from fedsim.packed import pack, unpack
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -95,12 +98,24 @@ def read_reply(msg: Message, max_bytes: int) -> tuple[dict[str, np.ndarray], dic
             raise PayloadError(f"metric {key!r} missing or not finite")
     if metrics[NUM_EXAMPLES] <= 0:
         raise PayloadError(f"metric {NUM_EXAMPLES!r} must be positive")
-    payload = from_record(content.array_records[PAYLOAD], max_bytes)
-    return payload, metrics
+    return read_payload(content.array_records[PAYLOAD], max_bytes), metrics
+
+
+def read_payload(rec: ArrayRecord, max_bytes: int) -> dict[str, np.ndarray]:
+    """A reply's payload record -> ``{key: array}``: one packed array (:mod:`fedsim.packed`,
+    what fedsim's clients send) or one array per key (clients before packing, or written
+    against docs/wire-format.md without it). PayloadError with a reason otherwise."""
+    arrays = from_record(rec, max_bytes)
+    if PACKED not in arrays:
+        return arrays
+    if len(arrays) != 1:
+        raise PayloadError(f"a packed payload comes alone; the reply also holds {sorted(set(arrays) - {PACKED})[:5]}")
+    return unpack(arrays[PACKED])
 
 
 def make_reply(msg: Message, payload: Mapping[str, np.ndarray], metrics: Mapping[str, float]) -> Message:
-    content = RecordDict({PAYLOAD: to_record(payload), METRICS: MetricRecord(dict(metrics))})
+    """The reply to ``msg``: the payload packed into one array (:mod:`fedsim.packed`), and the metrics."""
+    content = RecordDict({PAYLOAD: to_record({PACKED: pack(payload)}), METRICS: MetricRecord(dict(metrics))})
     return Message(content, reply_to=msg)
 
 

@@ -170,7 +170,7 @@ EDGE_SCRIPT = textwrap.dedent("""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
     from fedsim.clients.app import app
-    from fedsim.wire import CONFIG, ROUND_KEY, SPEC_KEY, to_record
+    from fedsim.wire import CONFIG, ROUND_KEY, SPEC_KEY, read_payload, to_record
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     spec_json, out = sys.argv[2], sys.argv[3]
@@ -183,7 +183,7 @@ EDGE_SCRIPT = textwrap.dedent("""
     msg.metadata.__dict__["_message_id"] = "m1"
     reply = app(msg, ctx)
     assert not reply.has_error(), reply.error
-    np.savez(out, **{k: a.numpy() for k, a in reply.content.array_records["payload"].items()})
+    np.savez(out, **read_payload(reply.content.array_records["payload"], 1 << 30))
     metrics = dict(reply.content.metric_records["metrics"])
     leaked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     print(json.dumps({"metrics": metrics, "leaked": leaked}))
