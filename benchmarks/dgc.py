@@ -16,7 +16,10 @@ server loop, no Ray start-up; same results as Ray), one of two workloads:
 With ``--ablations`` (on by default for mnist5k) also ``dgc -momentum corr.``
 (``momentum_correction: false``), ``dgc -masking`` (``momentum_masking: false``) and
 ``dgc -warm-up`` (``warmup_rounds: 0``); with ``--dgc-rounds R2`` (R2 > --rounds) also
-``dgc xR2``: DGC for R2 rounds, its bytes compared with the dense run's over --rounds.
+``dgc xR2``: DGC for R2 rounds, its bytes compared with the dense run's over --rounds;
+with ``--densities D ... [--density-rounds R3]`` also DGC at those densities for R3
+rounds, compared with dense after R3 rounds (a run's first rounds do not depend on its
+length).
 
 Prints one table: final and best test accuracy, the gap to dense in points, total uplink
 MB, the **total** uplink ratio (dense total / the run's total, warm-up included) and the
@@ -50,14 +53,32 @@ ABLATIONS = (
 )
 
 
-def runs(dense: Path, dgc: Path, dgc_rounds: int, rounds: int, ablations: bool) -> list[tuple[str, Path, list[str]]]:
+def runs(dense: Path, dgc: Path, dgc_rounds: int, rounds: int, ablations: bool,
+         densities: tuple[float, ...] = (), density_rounds: int = 0) -> list[tuple[str, Path, list[str]]]:
     """(label, config, overrides) of every run in the table."""
     out: list[tuple[str, Path, list[str]]] = [("dense FedAvg", dense, []), ("dgc", dgc, [])]
     if ablations:
         out += [(label, dgc, [override]) for label, override in ABLATIONS]
     if dgc_rounds > rounds:
         out.append((f"dgc x{dgc_rounds} rounds", dgc, [f"rounds={dgc_rounds}"]))
+    n = density_rounds or rounds
+    out += [(f"dgc density {d:g}", dgc, [f"rounds={n}", f"codec.params.density={d}"]) for d in densities]
     return out
+
+
+def dense_at(dense: Run, rounds: int) -> tuple[float, float]:
+    """(test accuracy, total uplink bytes) of the dense run after ``rounds`` rounds.
+
+    A run's first R rounds do not depend on how many rounds it has (sampling, training and
+    the network model are drawn from (seed, round, client)), so a DGC run shorter than the
+    dense run is compared with the dense run's round R, not with its end.
+    """
+    if rounds >= dense.summary["rounds"]:
+        return float(dense.summary["final_accuracy"]), float(dense.summary["total_bytes_up"])
+    row = next(r for r in dense.rows if r["round"] == rounds)
+    if row.get("test_accuracy") is None:
+        raise ValueError(f"the dense run has no evaluation at round {rounds}; set eval_every to divide it")
+    return float(row["test_accuracy"]), float(row["cum_bytes_up"])
 
 
 def per_client_last(run: Run) -> float:
@@ -77,6 +98,10 @@ def main() -> None:
                     help="also run DGC without each technique (default: on for mnist5k, off for fashion-cnn)")
     ap.add_argument("--data", choices=("auto", "mnist5k", "fashion-mnist"), default="auto",
                     help="fashion-cnn's dataset: Fashion-MNIST where installed (auto), or force one")
+    ap.add_argument("--densities", type=float, nargs="*", default=[],
+                    help="also run DGC at these densities (the closest settings to the goals)")
+    ap.add_argument("--density-rounds", type=int, default=0,
+                    help="rounds of the --densities runs (default --rounds), compared with dense at that round")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=None,
                     help="server-side evaluation every k rounds (default: the config's)")
@@ -95,10 +120,11 @@ def main() -> None:
     if args.eval_every:
         common.append(f"eval_every={args.eval_every}")
     results = [(label, run_cached(config, common + extra))
-               for label, config, extra in runs(dense_cfg, dgc_cfg, args.dgc_rounds, rounds, ablations)]
+               for label, config, extra in runs(dense_cfg, dgc_cfg, args.dgc_rounds, rounds, ablations,
+                                                tuple(args.densities), args.density_rounds)]
 
     dense = results[0][1]
-    dense_total, dense_client = dense.summary["total_bytes_up"], per_client_last(dense)
+    dense_client = per_client_last(dense)
     print(f"\nDGC vs dense FedAvg, {rounds} rounds: {describe(dense.cfg, dataset)}")
     print(f"configs {dgc_cfg.relative_to(ROOT)}, {dense_cfg.relative_to(ROOT)}; raw metrics in "
           f"{dense.run_dir.parent.relative_to(ROOT)}/")
@@ -109,7 +135,8 @@ def main() -> None:
     met: dict[str, list[str]] = {"total": [], "steady": []}
     for label, r in results:
         s = r.summary
-        gap = 100.0 * (dense.summary["final_accuracy"] - s["final_accuracy"])
+        dense_acc, dense_total = dense_at(dense, min(s["rounds"], rounds))
+        gap = 100.0 * (dense_acc - s["final_accuracy"])
         total = dense_total / s["total_bytes_up"]
         steady = dense_client / per_client_last(r)
         print(f"{label:<22}{s['rounds']:>7}{s['final_accuracy']:>10.4f}{s['best_accuracy']:>9.4f}{gap:>8.2f}"
@@ -118,8 +145,9 @@ def main() -> None:
         if label != "dense FedAvg" and gap <= ACC_GOAL_POINTS:
             met["total"] += [label] if total >= RATIO_GOAL else []
             met["steady"] += [label] if steady >= RATIO_GOAL else []
-    print("(total ratio: dense uplink over the dense run's rounds / the run's, warm-up included; steady ratio: "
-          "a client's dense update / its payload in the last round, the paper's per-iteration measure)")
+    print("(gap and total ratio against dense after as many rounds as the run, at most the dense run's: total ratio "
+          "= dense uplink / the run's, warm-up included; steady ratio = a client's dense update / its payload in the "
+          "last round, the paper's per-iteration measure)")
     for kind, labels in met.items():
         print(f"goals ({kind} ratio): >= {RATIO_GOAL:.0f}x and final accuracy within {ACC_GOAL_POINTS:.0f} point "
               f"of dense: {'met by ' + ', '.join(labels) if labels else 'not met by any DGC run'}")

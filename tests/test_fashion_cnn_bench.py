@@ -185,3 +185,18 @@ def test_dgc_runs_listed():
     assert [label for label, _, _ in out][2:] == ["dgc -momentum corr.", "dgc -masking", "dgc -warm-up",
                                                  "dgc x200 rounds"]
     assert out[-1][2] == ["rounds=200"]
+
+
+def test_dgc_density_runs_and_dense_at_a_round(fc):
+    dgc = load("dgc")
+    out = dgc.runs(Path("d.yaml"), Path("g.yaml"), 0, 120, False, (0.003,), 60)
+    assert out[-1] == ("dgc density 0.003", Path("g.yaml"), ["rounds=60", "codec.params.density=0.003"])
+    rows = [{"round": 0, "test_accuracy": 0.1, "cum_bytes_up": 0},
+            {"round": 1, "test_accuracy": 0.5, "cum_bytes_up": 100},
+            {"round": 2, "test_accuracy": None, "cum_bytes_up": 190},
+            {"round": 3, "test_accuracy": 0.7, "cum_bytes_up": 300}]
+    dense = fc.Run(None, Path("."), {"rounds": 3, "final_accuracy": 0.7, "total_bytes_up": 300}, rows)
+    assert dgc.dense_at(dense, 1) == (0.5, 100.0)
+    assert dgc.dense_at(dense, 3) == dgc.dense_at(dense, 5) == (0.7, 300.0)
+    with pytest.raises(ValueError, match="no evaluation at round 2"):
+        dgc.dense_at(dense, 2)
