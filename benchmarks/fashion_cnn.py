@@ -140,7 +140,8 @@ def config_key(cfg: Any) -> str:
 def run_cached(config: Path, overrides: Sequence[str], out_root: Path = RUNS_DIR) -> Run:
     """Run ``config`` with ``overrides`` into ``out_root/<name>-<config_key>``, or read that
     directory back when a finished run (summary.json) is already there: two benchmarks that
-    ask for the same run share it, and the tables can be rebuilt from the saved metrics."""
+    ask for the same run share it, and the tables can be rebuilt from the saved metrics
+    (metrics.jsonl, clients.jsonl, summary.json, and config.json: the full config)."""
     from fedsim.config import check_plugins, load_config
     from fedsim.engine.simulation import simulate
     from fedsim.metrics import read_rows
@@ -155,6 +156,9 @@ def run_cached(config: Path, overrides: Sequence[str], out_root: Path = RUNS_DIR
         simulate(cfg, partial)
         shutil.rmtree(run_dir, ignore_errors=True)
         partial.rename(run_dir)
+    saved = run_dir / "config.json"  # what the run computed from, for whoever rebuilds the tables
+    if not saved.is_file():
+        saved.write_text(json.dumps(cfg.model_dump(mode="json"), indent=1, sort_keys=True))
     summary = json.loads((run_dir / "summary.json").read_text())
     return Run(cfg, run_dir, summary, read_rows(run_dir))
 
@@ -212,7 +216,7 @@ def round_legs(run: Run) -> dict[str, float]:
         t = net.client_timing(rnd, c["client"], work)
         for k in LEGS:
             legs[k].append(getattr(t, k))
-    out = {k: statistics.mean(v) for k, v in legs.items()}
+    out = {k: float(statistics.mean(v)) for k, v in legs.items()}
     out["round_s"] = statistics.mean(r["sim_round_s"] for r in run.rows if r.get("sim_round_s") is not None)
     return out
 
