@@ -138,8 +138,8 @@ def config_key(cfg: Any) -> str:
 
 
 def run_cached(config: Path, overrides: Sequence[str], out_root: Path = RUNS_DIR) -> Run:
-    """Run ``config`` with ``overrides`` into ``out_root/<name>-<config_key>``, or read that
-    directory back when a finished run (summary.json) is already there: two benchmarks that
+    """Run ``config`` with ``overrides`` into ``out_root/<name>-<config_key>``, or read a
+    finished run (summary.json) with the same key back, whatever its name: two benchmarks that
     ask for the same run share it, and the tables can be rebuilt from the saved metrics
     (metrics.jsonl, clients.jsonl, summary.json, and config.json: the full config)."""
     from fedsim.config import check_plugins, load_config
@@ -148,7 +148,9 @@ def run_cached(config: Path, overrides: Sequence[str], out_root: Path = RUNS_DIR
 
     cfg = load_config(config, [*RUN_SETTINGS, *overrides])
     check_plugins(cfg)
-    run_dir = out_root / f"{cfg.name}-{config_key(cfg)}"
+    key = config_key(cfg)
+    done = sorted(d for d in out_root.glob(f"*-{key}") if (d / "summary.json").is_file())
+    run_dir = done[0] if done else out_root / f"{cfg.name}-{key}"  # the same run under another name
     if not (run_dir / "summary.json").is_file():
         partial = run_dir.with_name(run_dir.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)

@@ -131,6 +131,8 @@ def test_run_cached_reuses_and_round_legs_add_up_to_the_arrivals(fc, tmp_path, m
     monkeypatch.setattr(sim, "simulate", lambda *a, **k: pytest.fail("a finished run was run again"))
     again = fc.run_cached(p, [], out_root=tmp_path / "runs")
     assert again.summary == run.summary and again.rows == run.rows
+    renamed = fc.run_cached(p, ["name=other"], out_root=tmp_path / "runs")  # same run, another name
+    assert renamed.run_dir == run.run_dir and (run.run_dir / "config.json").is_file()
     # differential: the legs recomputed from the logged bytes and examples give each round's
     # last arrival time exactly as the run's network model logged it
     last = {}
