@@ -42,7 +42,7 @@ def pack(payload: Mapping[str, np.ndarray]) -> np.ndarray:
     Raises ValueError for a dtype outside :data:`DTYPES` (after converting big-endian
     arrays to little-endian) or a non-string key.
     """
-    entries, blobs = [], []
+    entries, parts = [], []
     for key, value in payload.items():
         if not isinstance(key, str):
             raise ValueError(f"payload key {key!r} is not a string")
@@ -52,9 +52,16 @@ def pack(payload: Mapping[str, np.ndarray]) -> np.ndarray:
         if arr.dtype.str not in DTYPES:
             raise ValueError(f"payload {key!r}: dtype {arr.dtype} cannot be packed (allowed: {sorted(DTYPES)})")
         entries.append([key, arr.dtype.str, [int(d) for d in arr.shape]])
-        blobs.append(np.ascontiguousarray(arr).tobytes())
+        parts.append(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
     header = json.dumps(entries, separators=(",", ":")).encode()
-    return np.frombuffer(MAGIC + len(header).to_bytes(4, "little") + header + b"".join(blobs), np.uint8)
+    head = MAGIC + len(header).to_bytes(4, "little") + header
+    out = np.empty(len(head) + sum(p.size for p in parts), np.uint8)  # one copy of the data
+    out[:len(head)] = np.frombuffer(head, np.uint8)
+    offset = len(head)
+    for p in parts:
+        out[offset:offset + p.size] = p
+        offset += p.size
+    return out
 
 
 def _entry(item: object, i: int) -> tuple[str, np.dtype, tuple[int, ...]]:
@@ -80,15 +87,15 @@ def unpack(buf: np.ndarray) -> dict[str, np.ndarray]:
     """
     if not (isinstance(buf, np.ndarray) and buf.dtype == np.uint8 and buf.ndim == 1):
         raise PayloadError("packed payload: expected a 1-d uint8 array")
-    raw = buf.tobytes()
-    if len(raw) < 8 or raw[:4] != MAGIC:
+    raw = np.ascontiguousarray(buf)  # read in place: no copy of the data until each array's own
+    if len(raw) < 8 or raw[:4].tobytes() != MAGIC:
         raise PayloadError(f"packed payload: does not start with {MAGIC!r}")
-    n = int.from_bytes(raw[4:8], "little")
+    n = int.from_bytes(raw[4:8].tobytes(), "little")
     if n > MAX_HEADER or 8 + n > len(raw):
         raise PayloadError(f"packed payload: header of {n} bytes in a payload of {len(raw)} "
                            f"(cap {MAX_HEADER})")
     try:
-        entries = json.loads(raw[8:8 + n].decode("utf-8"))
+        entries = json.loads(raw[8:8 + n].tobytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise PayloadError("packed payload: the header is not UTF-8 JSON") from None
     if not isinstance(entries, list):
