@@ -29,7 +29,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app.message import make_message
 
-from fedsim.codecs.base import PayloadError
+from fedsim.codecs.base import PayloadError, TensorInfo
+from fedsim.codecs.model import tensor_infos
 
 # the keys live in fedsim.keys (standard library only, imported by the clients too)
 from fedsim.keys import (  # noqa: F401  (re-exported: fedsim.wire is where replies are read)
@@ -59,6 +60,11 @@ def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     for key, value in arrays.items():
         rec[key] = Array(np.ascontiguousarray(value))
     return rec
+
+
+def record_infos(rec: ArrayRecord) -> list[TensorInfo]:
+    """The TensorInfo (name, shape) of every array of a record, in order, without decoding it."""
+    return tensor_infos([(key, tuple(arr.shape)) for key, arr in rec.items()])
 
 
 def record_nbytes(rec: ArrayRecord) -> int:

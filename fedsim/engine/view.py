@@ -42,8 +42,7 @@ from fedsim.attacks.base import ServerAttack
 from fedsim.attacks.server import forge_updates, forge_vectors
 from fedsim.codecs.base import Codec, Payload, PayloadError, TensorInfo
 from fedsim.codecs.dense import Identity
-from fedsim.codecs.model import tensor_infos
-from fedsim.wire import read_reply
+from fedsim.wire import read_reply, record_infos
 
 from .replies import check_update, reply_cap
 
@@ -174,7 +173,7 @@ class PayloadStrategy(Strategy):
         """The view outside fedsim's wrapper: client id = node id, seed 0, no codec
         (:class:`fedsim.codecs.dense.Identity`), no attack. Override to change them."""
         return RoundView(server_round, 0, {n: n for n in grid.get_node_ids()}, Identity(),
-                         tuple(tensor_infos([(k, a.shape) for k, a in zip(arrays.keys(), arrays.to_numpy_ndarrays())])))
+                         tuple(record_infos(arrays)))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:

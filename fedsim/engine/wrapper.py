@@ -52,7 +52,7 @@ from flwr.serverapp.strategy import Strategy
 from fedsim.attacks.base import ServerAttack
 from fedsim.attacks.server import forge_updates
 from fedsim.codecs.base import Codec, PayloadError, TensorInfo, payload_nbytes
-from fedsim.codecs.model import decode_update, tensor_infos, validate_update
+from fedsim.codecs.model import decode_update, validate_update
 from fedsim.config import AttackConfig, ValidationConfig
 from fedsim.keys import NUM_EXAMPLES, TRAIN_LOSS
 from fedsim.network.model import ClientWork, NetworkModel
@@ -66,6 +66,7 @@ from fedsim.wire import (
     ROUND_KEY,
     SPEC_KEY,
     read_reply,
+    record_infos,
     to_record,
     with_content,
 )
@@ -232,7 +233,7 @@ class FedsimWrapper(Strategy):
         """Before a checkpoint's state is restored: a payload-consuming strategy builds what its
         first round builds (:meth:`fedsim.engine.view.PayloadStrategy.resume`) from the checkpoint's model."""
         if not self.context.infos:
-            self.context.infos = tensor_infos([(k, a.shape) for k, a in zip(arrays.keys(), arrays.to_numpy_ndarrays())])
+            self.context.infos = record_infos(arrays)
         if self.payload_inner is not None:
             self.payload_inner.resume(self.view(), arrays)
 
@@ -274,7 +275,7 @@ class FedsimWrapper(Strategy):
         random.seed(int(np.random.SeedSequence([self.seed, server_round, 0xF1]).generate_state(1)[0]))
         if self.payload_inner is not None:
             if not ctx.infos:  # the view handed to configure describes the model it is given
-                ctx.infos = tensor_infos([(k, a.shape) for k, a in zip(arrays.keys(), arrays.to_numpy_ndarrays())])
+                ctx.infos = record_infos(arrays)
             self._view = self.view()
             msgs = self.payload_inner.configure(self._view, arrays, config, subset)
         else:
@@ -305,7 +306,7 @@ class FedsimWrapper(Strategy):
                     decoded[id(model)] = [a.numpy() for a in model.values()]
                 base = ctx.base[node] = decoded[id(model)]
                 if not ctx.infos:
-                    ctx.infos = tensor_infos([(k, a.shape) for k, a in zip(model.keys(), base)])
+                    ctx.infos = record_infos(model)
                 down = int(sum(b.nbytes for b in base))
             self.stats.bytes_down += down
             self._pending[node] = ClientLog(server_round, client, "no-reply", bytes_down=down)
